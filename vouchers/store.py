@@ -1,0 +1,177 @@
+"""The store interface: the ledger, keys, prices, limits and the worker registry, all async.
+
+Two implementations share this interface and one test suite: `SqliteStore` (embedded default) and
+`RedisStore` (shared by gateway replicas). Services receive a `Store`; they never know which.
+
+Ledger rules every backend keeps:
+- available(startup, kind) = sum over vouchers in force of (amount - spent - held).
+- reserve is all-or-nothing: it allocates the amount over vouchers in force in burn order and marks
+  it held on them, or raises InsufficientQuota and changes nothing. Before allocating it releases
+  that startup's holds whose TTL has passed. The same idempotency key returns the first hold.
+- settle debits `actual`: first from the hold's own allocations on vouchers still in force, in burn
+  order; then from free capacity of other vouchers in force, in burn order; what is left is recorded
+  as `overage` on the journal line. A final settle frees the rest of the hold and happens once: a
+  second final settle returns the first line. A partial settle (final=False, with its own
+  idempotency key) leaves the hold open with its allocation reduced by what was debited.
+  Settling a released (or reaped) hold still charges, from free capacity, then overage.
+- release frees what the hold still holds; releasing a settled or released hold changes nothing.
+- A voided or expired voucher takes no new holds and no new debits; its past spending stands.
+- Every debit appends a journal line; sum of journal amounts == sum of voucher `spent`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from vouchers.models import (
+    ApiKey,
+    Balance,
+    ChargeRef,
+    Hold,
+    JournalLine,
+    Limits,
+    Price,
+    RateDecision,
+    Startup,
+    UsageTotal,
+    Voucher,
+    WorkerRecord,
+)
+from vouchers.units import Kind
+
+
+class Store(Protocol):
+    async def close(self) -> None:
+        """Release connections and threads."""
+        ...
+
+    # startups and keys
+    async def create_startup(self, startup_id: str, name: str) -> Startup:
+        """Create a startup; Conflict if the id exists."""
+        ...
+
+    async def get_startup(self, startup_id: str) -> Startup | None: ...
+
+    async def list_startups(self) -> list[Startup]: ...
+
+    async def add_key(self, key: ApiKey) -> ApiKey:
+        """Store a key record (the hash, never the secret); NotFound if the startup does not exist."""
+        ...
+
+    async def key_by_hash(self, key_hash: str) -> ApiKey | None:
+        """The key with this hash, revoked or not."""
+        ...
+
+    async def list_keys(self, startup_id: str) -> list[ApiKey]: ...
+
+    async def revoke_key(self, key_id: str) -> ApiKey:
+        """Revoke at once; NotFound if unknown. Revoking twice keeps the first time."""
+        ...
+
+    # vouchers
+    async def grant(
+        self,
+        startup_id: str,
+        kind: Kind,
+        amount: int,
+        *,
+        effective_at: float | None = None,
+        expires_at: float | None = None,
+        priority: int = 0,
+        note: str = "",
+    ) -> Voucher:
+        """Grant a voucher (effective now unless told); NotFound if the startup does not exist."""
+        ...
+
+    async def void_voucher(self, voucher_id: str) -> Voucher:
+        """Stop a voucher burning; past usage stands. NotFound if unknown."""
+        ...
+
+    async def get_voucher(self, voucher_id: str) -> Voucher | None: ...
+
+    async def list_vouchers(self, startup_id: str, kind: Kind | None = None) -> list[Voucher]: ...
+
+    # holds
+    async def reserve(
+        self, startup_id: str, kind: Kind, amount: int, *, ttl_s: float, idempotency_key: str
+    ) -> Hold:
+        """Hold `amount` atomically or raise InsufficientQuota; same key returns the first hold."""
+        ...
+
+    async def extend(self, hold_id: str, *, ttl_s: float, add_amount: int = 0) -> Hold:
+        """Push an open hold's expiry to now + ttl_s and optionally hold more (all-or-nothing)."""
+        ...
+
+    async def settle(
+        self,
+        hold_id: str,
+        actual: int,
+        ref: ChargeRef,
+        *,
+        final: bool = True,
+        idempotency_key: str | None = None,
+    ) -> JournalLine:
+        """Debit `actual` against a hold; see the module docstring for the exact rules."""
+        ...
+
+    async def release(self, hold_id: str) -> Hold:
+        """Free what an open hold still holds; NotFound if unknown."""
+        ...
+
+    async def get_hold(self, hold_id: str) -> Hold | None: ...
+
+    async def reap_holds(self) -> int:
+        """Release every open hold whose TTL has passed; returns how many."""
+        ...
+
+    # reading the ledger
+    async def balance(self, startup_id: str) -> Balance:
+        """Granted, spent, held and remaining per kind over the vouchers in force, with the vouchers."""
+        ...
+
+    async def journal(
+        self,
+        startup_id: str | None = None,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+    ) -> list[JournalLine]:
+        """Journal lines in order of `seq` (oldest first), optionally for one startup and time range."""
+        ...
+
+    async def usage_totals(self) -> list[UsageTotal]:
+        """Running debit totals per startup, kind and model or gpu type (for metrics)."""
+        ...
+
+    # prices and limits
+    async def set_price(self, price: Price) -> Price: ...
+
+    async def get_price(self, model: str) -> Price | None: ...
+
+    async def list_prices(self) -> list[Price]: ...
+
+    async def set_limits(self, startup_id: str, limits: Limits) -> Limits: ...
+
+    async def get_limits(self, startup_id: str) -> Limits: ...
+
+    async def rate_limit(
+        self, startup_id: str, limits: Limits, *, requests: int, tokens: int
+    ) -> RateDecision:
+        """Count a request against per-minute windows shared by every replica; counts only if allowed."""
+        ...
+
+    # worker registry
+    async def register_worker(self, worker: WorkerRecord, *, ttl_s: float) -> None:
+        """Add or refresh a worker; it drops out of list_workers ttl_s after its last heartbeat."""
+        ...
+
+    async def heartbeat_worker(self, worker_id: str, *, ttl_s: float) -> bool:
+        """Refresh a worker's TTL; False if it is not registered (it should register again)."""
+        ...
+
+    async def deregister_worker(self, worker_id: str) -> None: ...
+
+    async def list_workers(self, model: str | None = None) -> list[WorkerRecord]:
+        """Workers whose heartbeat is within their TTL, optionally for one model."""
+        ...
