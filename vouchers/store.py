@@ -7,13 +7,17 @@ Ledger rules every backend keeps:
 - available(startup, kind) = sum over vouchers in force of (amount - spent - held).
 - reserve is all-or-nothing: it allocates the amount over vouchers in force in burn order and marks
   it held on them, or raises InsufficientQuota and changes nothing. Before allocating it releases
-  that startup's holds whose TTL has passed. The same idempotency key returns the first hold.
+  that startup's holds whose TTL has passed (kept even when it then raises). The same idempotency
+  key returns the first hold.
 - settle debits `actual`: first from the hold's own allocations on vouchers still in force, in burn
-  order; then from free capacity of other vouchers in force, in burn order; what is left is recorded
-  as `overage` on the journal line. A final settle frees the rest of the hold and happens once: a
-  second final settle returns the first line. A partial settle (final=False, with its own
-  idempotency key) leaves the hold open with its allocation reduced by what was debited.
-  Settling a released (or reaped) hold still charges, from free capacity, then overage.
+  order; then from free capacity of vouchers in force (the hold's own included), in burn order; what
+  is left is recorded as `overage` on the journal line. A final settle frees the rest of the hold
+  and happens once: a second final settle returns the first line. A partial settle (final=False,
+  with its own idempotency key; InvalidRequest without one) leaves the hold open with its
+  allocation reduced by what was debited. A settle whose key is already in the journal (for that
+  startup) returns that line. Settling a released (or reaped) hold still charges, from free
+  capacity, then overage; a final one marks the hold settled.
+- extend: a hold that is not open, or whose TTL has passed, is a Conflict.
 - release frees what the hold still holds; releasing a settled or released hold changes nothing.
 - A voided or expired voucher takes no new holds and no new debits; its past spending stands.
 - Every debit appends a journal line; sum of journal amounts == sum of voucher `spent`.
@@ -137,7 +141,10 @@ class Store(Protocol):
         until: float | None = None,
         limit: int | None = None,
     ) -> list[JournalLine]:
-        """Journal lines in order of `seq` (oldest first), optionally for one startup and time range."""
+        """Journal lines in order of `seq` (oldest first), optionally for one startup and time range.
+
+        `since` is inclusive, `until` exclusive; `limit` keeps the oldest lines.
+        """
         ...
 
     async def usage_totals(self) -> list[UsageTotal]:

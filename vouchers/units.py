@@ -11,7 +11,9 @@ from enum import StrEnum
 
 MICRO_PER_CREDIT = 1_000_000
 MS_PER_GPU_HOUR = 3_600_000
-MAX_AMOUNT = 10**18  # fits a signed 64-bit integer with room for sums
+# The Redis store computes in Lua, whose numbers are doubles: integers are exact only up to 2^53
+# (about 9e9 credits or 2.5 million GPU-hours per voucher).
+MAX_AMOUNT = 2**53 - 1
 
 
 class Kind(StrEnum):

@@ -1,0 +1,255 @@
+"""What only the Redis store can get wrong: scripts, replicas sharing one server, key layout, precision.
+
+The shared ledger suite (test_ledger_*.py) checks the rules on every backend; these tests cover the
+Redis-specific parts. Tests that flush scripts, kill connections or list every key run against a
+private redis-server started for the test, never against the shared one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import _drop_namespace, redis_url
+from vouchers.clock import ManualClock
+from vouchers.errors import InsufficientQuota
+from vouchers.models import ApiKey, ChargeRef, Limits, Price, WorkerRecord
+from vouchers.redis_store import RedisStore
+from vouchers.units import MAX_AMOUNT, Kind
+
+pytestmark = pytest.mark.redis
+
+M = Kind.MODEL
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port, for tests that disturb the whole server."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    args = ["--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+    proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail("redis-server exited at start")
+                time.sleep(0.05)  # waiting for a process to listen, not for a clock
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+async def pair(clock: ManualClock) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+    """Two stores on the shared server and one namespace: two gateway replicas."""
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    a = await RedisStore.open(redis_url(), clock=clock, namespace=namespace)
+    b = await RedisStore.open(redis_url(), clock=clock, namespace=namespace)
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+        await _drop_namespace(namespace)
+
+
+async def test_replicas_see_one_balance_and_cannot_overspend_together(pair: tuple[RedisStore, RedisStore]) -> None:
+    a, b = pair
+    await a.create_startup("acme", "Acme")
+    await b.grant("acme", M, 100)
+
+    async def try_reserve(store: RedisStore, n: int) -> bool:
+        try:
+            await store.reserve("acme", M, 3, ttl_s=60, idempotency_key=f"r{n}")
+        except InsufficientQuota:
+            return False
+        return True
+
+    results = await asyncio.gather(*(try_reserve(a if n % 2 else b, n) for n in range(80)))
+    assert sum(results) == 33  # 33 * 3 = 99 of 100; every other attempt must be refused
+    seen_a, seen_b = await a.balance("acme"), await b.balance("acme")
+    assert seen_a.model == seen_b.model
+    assert (seen_a.model.held, seen_a.model.remaining) == (99, 1)
+
+
+async def test_a_hold_taken_on_one_replica_settles_on_another(pair: tuple[RedisStore, RedisStore]) -> None:
+    a, b = pair
+    await a.create_startup("acme", "Acme")
+    await a.grant("acme", M, 1000)
+    hold = await a.reserve("acme", M, 400, ttl_s=60, idempotency_key="x")
+    line = await b.settle(hold.id, 250, ChargeRef("req-1", model="m1"))
+    assert (line.amount, line.overage) == (250, 0)
+    again = await a.settle(hold.id, 250, ChargeRef("req-1", model="m1"))
+    assert again.seq == line.seq
+    balance = await a.balance("acme")
+    assert (balance.model.spent, balance.model.held, balance.model.remaining) == (250, 0, 750)
+
+
+async def test_amounts_near_the_maximum_stay_exact(pair: tuple[RedisStore, RedisStore]) -> None:
+    # Lua numbers are doubles; a careless tostring would also turn these into "9.007199254741e+15".
+    a, _ = pair
+    await a.create_startup("acme", "Acme")
+    await a.grant("acme", M, MAX_AMOUNT)
+    hold = await a.reserve("acme", M, MAX_AMOUNT - 1, ttl_s=60, idempotency_key="big")
+    line = await a.settle(hold.id, MAX_AMOUNT - 3, ChargeRef("req", model="m1"))
+    assert line.amount == MAX_AMOUNT - 3
+    balance = await a.balance("acme")
+    assert (balance.model.spent, balance.model.held, balance.model.remaining) == (MAX_AMOUNT - 3, 0, 3)
+    [total] = await a.usage_totals()
+    assert total.amount == MAX_AMOUNT - 3
+
+
+async def test_times_read_back_exactly(pair: tuple[RedisStore, RedisStore], clock: ManualClock) -> None:
+    a, _ = pair
+    clock.set(1_800_000_000.123456789)
+    await a.create_startup("acme", "Acme")
+    voucher = await a.grant("acme", M, 10, expires_at=1_800_000_600.987654321)
+    stored = await a.get_voucher(voucher.id)
+    assert stored is not None
+    assert (stored.effective_at, stored.expires_at) == (clock.now(), 1_800_000_600.987654321)
+    hold = await a.reserve("acme", M, 5, ttl_s=0.1, idempotency_key="t")
+    assert hold.expires_at == clock.now() + 0.1
+
+
+async def test_scripts_are_loaded_again_after_script_flush(private_redis: str, clock: ManualClock) -> None:
+    store = await RedisStore.open(private_redis, clock=clock, namespace="flush")
+    admin = aioredis.from_url(private_redis)
+    try:
+        await store.create_startup("acme", "Acme")
+        await store.grant("acme", M, 100)
+        await store.reserve("acme", M, 10, ttl_s=60, idempotency_key="before")
+        await admin.script_flush()
+        hold = await store.reserve("acme", M, 20, ttl_s=60, idempotency_key="after")
+        await store.settle(hold.id, 15, ChargeRef("r"))
+        balance = await store.balance("acme")
+        assert (balance.model.spent, balance.model.held) == (15, 10)
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
+async def test_a_killed_connection_is_opened_again(private_redis: str, clock: ManualClock) -> None:
+    store = await RedisStore.open(private_redis, clock=clock, namespace="kill")
+    admin = aioredis.from_url(private_redis)
+    try:
+        await store.create_startup("acme", "Acme")
+        await store.grant("acme", M, 100)
+        await store.reserve("acme", M, 10, ttl_s=60, idempotency_key="before")
+        await admin.client_kill_filter(_type="normal", skipme=True)
+        hold = await store.reserve("acme", M, 20, ttl_s=60, idempotency_key="after")
+        assert hold.amount == 20
+        assert (await store.balance("acme")).model.held == 30
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
+async def test_every_key_is_inside_the_namespace(private_redis: str, clock: ManualClock) -> None:
+    store = await RedisStore.open(private_redis, clock=clock, namespace="ns1")
+    try:
+        await store.create_startup("acme", "Acme")
+        await store.add_key(ApiKey("key_1", "acme", "ci", "a" * 64, "sk-shuqi-ab", clock.now()))
+        await store.revoke_key("key_1")
+        voucher = await store.grant("acme", M, 1000, expires_at=clock.now() + 3600)
+        await store.grant("acme", Kind.COMPUTE, 1000)
+        h1 = await store.reserve("acme", M, 100, ttl_s=30, idempotency_key="h1")
+        await store.extend(h1.id, ttl_s=60, add_amount=10)
+        await store.settle(h1.id, 50, ChargeRef("r1", model="m1"), final=False, idempotency_key="p1")
+        await store.settle(h1.id, 70, ChargeRef("r1", model="m1"))
+        h2 = await store.reserve("acme", Kind.COMPUTE, 100, ttl_s=30, idempotency_key="h2")
+        await store.release(h2.id)
+        await store.reserve("acme", M, 100, ttl_s=1, idempotency_key="h3")
+        clock.advance(2)
+        assert await store.reap_holds() == 1
+        await store.void_voucher(voucher.id)
+        await store.set_price(Price("m1", 1, 2))
+        await store.set_limits("acme", Limits(rpm=10, tpm=100))
+        await store.rate_limit("acme", Limits(rpm=10, tpm=100), requests=1, tokens=5)
+        await store.register_worker(WorkerRecord("w1", "m1", "http://127.0.0.1:9", "llamacpp"), ttl_s=10)
+        await store.heartbeat_worker("w1", ttl_s=10)
+        await store.journal()
+        await store.usage_totals()
+        await store.balance("acme")
+        await store.deregister_worker("w1")
+    finally:
+        await store.close()
+    admin = aioredis.from_url(private_redis, decode_responses=True)
+    try:
+        keys = [key async for key in admin.scan_iter(count=1000)]
+    finally:
+        await admin.aclose()
+    assert keys, "the workload wrote nothing"
+    assert [k for k in keys if not k.startswith("ns1:")] == []
+    # One startup's ledger keys carry its hash tag, so they share a cluster slot.
+    assert {k for k in keys if ":voucher:" in k or ":hold:" in k} <= {k for k in keys if "{acme}" in k}
+
+
+async def test_a_repeated_key_of_another_kind_returns_the_first_hold_and_its_kind(
+    pair: tuple[RedisStore, RedisStore],
+) -> None:
+    # The store remembers which startup and kind own a hold; the repeat must not teach it the wrong kind.
+    a, _ = pair
+    await a.create_startup("acme", "Acme")
+    await a.grant("acme", M, 100)
+    await a.grant("acme", Kind.COMPUTE, 5)
+    first = await a.reserve("acme", M, 10, ttl_s=60, idempotency_key="same")
+    again = await a.reserve("acme", Kind.COMPUTE, 3, ttl_s=60, idempotency_key="same")
+    assert (again.id, again.kind) == (first.id, M)
+    extended = await a.extend(again.id, ttl_s=60, add_amount=20)
+    assert extended.amount == 30
+    balance = await a.balance("acme")
+    assert (balance.model.held, balance.compute.held) == (30, 0)
+
+
+async def test_opening_on_a_server_without_aof_warns(
+    private_redis: str, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The private server runs with appendonly no, as a careless production server would.
+    with caplog.at_level(logging.WARNING, logger="vouchers.redis_store"):
+        store = await RedisStore.open(private_redis, clock=clock, namespace="aof")
+        await store.close()
+    assert any("without AOF" in r.getMessage() for r in caplog.records)
+    admin = aioredis.from_url(private_redis)
+    try:
+        await admin.config_set("appendonly", "yes")
+    finally:
+        await admin.aclose()
+    caplog.clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="vouchers.redis_store"):
+            store = await RedisStore.open(private_redis, clock=clock, namespace="aof")
+            await store.close()
+    finally:
+        admin = aioredis.from_url(private_redis)
+        try:
+            await admin.config_set("appendonly", "no")  # a server with AOF takes long to stop
+        finally:
+            await admin.aclose()
+    assert not [r for r in caplog.records if "without AOF" in r.getMessage()]

@@ -1,0 +1,172 @@
+"""Every Redis key the store uses, built in one place under a namespace prefix.
+
+Layout (ns = namespace, s = startup id; `{s}` is a hash tag, so one startup's ledger keys share a slot):
+
+    {ns}:startups                      hash  startup id -> JSON record
+    {ns}:{s}:vouchers:{kind}           set   every voucher id of the startup and kind
+    {ns}:{s}:live:{kind}               set   voucher ids that may still burn (voided/expired ones drop out)
+    {ns}:{s}:voucher:{id}              hash  one voucher (amount, spent, held, times, priority, note)
+    {ns}:voucher-owner                 hash  voucher id -> startup id
+    {ns}:{s}:hold:{id}                 hash  one hold (fixed fields as JSON, allocations "vid=amt,...", status)
+    {ns}:hold-owner                    hash  hold id -> startup id
+    {ns}:{s}:holds:open                zset  open hold ids by expiry (reserve and the reaper release from it)
+    {ns}:{s}:idem:hold                 hash  idempotency key -> hold id
+    {ns}:{s}:idem:settle               hash  idempotency key -> journal seq
+    {ns}:journal:seq                   string INCR counter for journal seq
+    {ns}:journal:lines                 hash  seq -> "seq|amount|overage|breakdown|JSON of the fixed fields"
+    {ns}:{s}:journal                   zset  seq by time, one startup (journal() of all merges these)
+    {ns}:usage                         hash  "startup\\x1fkind\\x1flabel\\x1ffield" -> running total
+    {ns}:keys                          hash  key id -> JSON record;  {ns}:keys:by-hash  hash -> key id
+    {ns}:keys:revoked                  hash  key id -> revocation time (HSETNX: the first one stays)
+    {ns}:{s}:keys                      set   key ids of a startup
+    {ns}:prices / {ns}:limits          hash  model / startup id -> JSON
+    {ns}:{s}:rate:{window}             hash  requests and tokens counted in one minute window
+    {ns}:worker:{id}                   hash  record JSON, heartbeat time
+    {ns}:workers                       zset  worker id -> deadline (last heartbeat + ttl)
+    {ns}:workers:model:{model}         zset  worker id -> deadline, per model
+
+Lua scripts receive the keys they touch, or, for per-voucher and per-hold hashes whose ids they only
+learn while running, a prefix built here; they never invent a key name of their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vouchers.units import Kind
+
+
+@dataclass(frozen=True)
+class StartupKeys:
+    """The keys of one startup's ledger, built once: the hot paths use them on every call."""
+
+    live_model: str
+    live_compute: str
+    open_holds: str
+    hold_idempotency: str
+    settle_idempotency: str
+    journal: str
+    voucher_prefix: str
+    hold_prefix: str
+
+    def live(self, kind: Kind) -> str:
+        return self.live_model if kind is Kind.MODEL else self.live_compute
+
+    def hold(self, hold_id: str) -> str:
+        return self.hold_prefix + hold_id
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Key builder for one namespace."""
+
+    ns: str = "shuqi"
+
+    def _s(self, startup_id: str) -> str:
+        # The hash tag: every key of one startup's ledger lands in the same cluster slot.
+        return f"{self.ns}:{{{startup_id}}}"
+
+    # global
+    @property
+    def startups(self) -> str:
+        return f"{self.ns}:startups"
+
+    @property
+    def voucher_owner(self) -> str:
+        return f"{self.ns}:voucher-owner"
+
+    @property
+    def hold_owner(self) -> str:
+        return f"{self.ns}:hold-owner"
+
+    @property
+    def journal_seq(self) -> str:
+        return f"{self.ns}:journal:seq"
+
+    @property
+    def journal_lines(self) -> str:
+        return f"{self.ns}:journal:lines"
+
+    @property
+    def usage(self) -> str:
+        return f"{self.ns}:usage"
+
+    @property
+    def keys(self) -> str:
+        return f"{self.ns}:keys"
+
+    @property
+    def keys_by_hash(self) -> str:
+        return f"{self.ns}:keys:by-hash"
+
+    @property
+    def keys_revoked(self) -> str:
+        return f"{self.ns}:keys:revoked"
+
+    @property
+    def prices(self) -> str:
+        return f"{self.ns}:prices"
+
+    @property
+    def limits(self) -> str:
+        return f"{self.ns}:limits"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.ns}:worker:{worker_id}"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.ns}:workers"
+
+    def workers_by_model(self, model: str) -> str:
+        return f"{self.ns}:workers:model:{model}"
+
+    # per startup
+    def vouchers(self, startup_id: str, kind: Kind) -> str:
+        return f"{self._s(startup_id)}:vouchers:{kind.value}"
+
+    def live_vouchers(self, startup_id: str, kind: Kind) -> str:
+        return f"{self._s(startup_id)}:live:{kind.value}"
+
+    def voucher_prefix(self, startup_id: str) -> str:
+        return f"{self._s(startup_id)}:voucher:"
+
+    def voucher(self, startup_id: str, voucher_id: str) -> str:
+        return f"{self.voucher_prefix(startup_id)}{voucher_id}"
+
+    def hold_prefix(self, startup_id: str) -> str:
+        return f"{self._s(startup_id)}:hold:"
+
+    def hold(self, startup_id: str, hold_id: str) -> str:
+        return f"{self.hold_prefix(startup_id)}{hold_id}"
+
+    def startup_open_holds(self, startup_id: str) -> str:
+        return f"{self._s(startup_id)}:holds:open"
+
+    def hold_idempotency(self, startup_id: str) -> str:
+        return f"{self._s(startup_id)}:idem:hold"
+
+    def settle_idempotency(self, startup_id: str) -> str:
+        return f"{self._s(startup_id)}:idem:settle"
+
+    def startup_journal(self, startup_id: str) -> str:
+        return f"{self._s(startup_id)}:journal"
+
+    def startup_keys(self, startup_id: str) -> str:
+        return f"{self._s(startup_id)}:keys"
+
+    def rate_window(self, startup_id: str, window: int) -> str:
+        return f"{self._s(startup_id)}:rate:{window}"
+
+    def startup(self, startup_id: str) -> StartupKeys:
+        """Every per-startup key the scripts need, in one object."""
+        return StartupKeys(
+            live_model=self.live_vouchers(startup_id, Kind.MODEL),
+            live_compute=self.live_vouchers(startup_id, Kind.COMPUTE),
+            open_holds=self.startup_open_holds(startup_id),
+            hold_idempotency=self.hold_idempotency(startup_id),
+            settle_idempotency=self.settle_idempotency(startup_id),
+            journal=self.startup_journal(startup_id),
+            voucher_prefix=self.voucher_prefix(startup_id),
+            hold_prefix=self.hold_prefix(startup_id),
+        )

@@ -1,0 +1,136 @@
+"""Every SQL table of the SQLite store, declared in one place.
+
+Amounts are INTEGER in the smallest unit; times are REAL seconds since the epoch. Idempotency keys
+are unique per startup, so two startups may use the same key without colliding.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+TABLES: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS startups (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS api_keys (
+        id TEXT PRIMARY KEY,
+        startup_id TEXT NOT NULL REFERENCES startups(id),
+        name TEXT NOT NULL,
+        key_hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    )""",
+    "CREATE INDEX IF NOT EXISTS api_keys_startup ON api_keys(startup_id)",
+    """CREATE TABLE IF NOT EXISTS vouchers (
+        id TEXT PRIMARY KEY,
+        startup_id TEXT NOT NULL REFERENCES startups(id),
+        kind TEXT NOT NULL,
+        amount INTEGER NOT NULL CHECK (amount > 0),
+        effective_at REAL NOT NULL,
+        expires_at REAL,
+        priority INTEGER NOT NULL,
+        note TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        voided_at REAL,
+        spent INTEGER NOT NULL DEFAULT 0,
+        held INTEGER NOT NULL DEFAULT 0,
+        CHECK (spent >= 0 AND held >= 0 AND spent + held <= amount)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS vouchers_startup_kind ON vouchers(startup_id, kind)",
+    """CREATE TABLE IF NOT EXISTS holds (
+        id TEXT PRIMARY KEY,
+        startup_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        status TEXT NOT NULL,
+        settled INTEGER NOT NULL DEFAULT 0,
+        final_seq INTEGER,
+        UNIQUE (startup_id, idempotency_key)
+    ) WITHOUT ROWID""",
+    # Only open holds are ever looked up by expiry (reserve, per startup; the reaper scans it whole).
+    "CREATE INDEX IF NOT EXISTS holds_open ON holds(startup_id, expires_at) WHERE status = 'open'",
+    """CREATE TABLE IF NOT EXISTS hold_allocations (
+        hold_id TEXT NOT NULL,
+        voucher_id TEXT NOT NULL,
+        amount INTEGER NOT NULL CHECK (amount >= 0),
+        PRIMARY KEY (hold_id, voucher_id)
+    ) WITHOUT ROWID""",
+    # Append-only and never deleted from, so the plain rowid (max + 1) already gives increasing seq
+    # numbers without AUTOINCREMENT's extra table write per line.
+    """CREATE TABLE IF NOT EXISTS journal (
+        seq INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        startup_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        overage INTEGER NOT NULL,
+        breakdown TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        hold_id TEXT,
+        reference TEXT NOT NULL,
+        model TEXT,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        gpu_type TEXT,
+        UNIQUE (startup_id, idempotency_key)
+    )""",
+    "CREATE INDEX IF NOT EXISTS journal_startup_at ON journal(startup_id, at)",
+    """CREATE TABLE IF NOT EXISTS usage_totals (
+        startup_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        label TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        PRIMARY KEY (startup_id, kind, label)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS prices (
+        model TEXT PRIMARY KEY,
+        input_per_1m INTEGER NOT NULL,
+        output_per_1m INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS limits (
+        startup_id TEXT PRIMARY KEY,
+        rpm INTEGER,
+        tpm INTEGER
+    )""",
+    """CREATE TABLE IF NOT EXISTS rate_windows (
+        startup_id TEXT NOT NULL,
+        window_start REAL NOT NULL,
+        requests INTEGER NOT NULL,
+        tokens INTEGER NOT NULL,
+        PRIMARY KEY (startup_id, window_start)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS workers (
+        id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        url TEXT NOT NULL,
+        engine TEXT NOT NULL,
+        owner TEXT,
+        capacity INTEGER NOT NULL,
+        node TEXT,
+        context_length INTEGER,
+        tokenize_path TEXT,
+        health_path TEXT NOT NULL,
+        embeddings INTEGER NOT NULL,
+        heartbeat_at REAL NOT NULL,
+        ttl_s REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS workers_model ON workers(model)",
+)
+
+# Connection settings: WAL lets readers run beside the one writer; NORMAL syncs at checkpoints only
+# (a crash of the machine may lose the last commits, never corrupt the file); busy_timeout makes a
+# second process wait for the write lock instead of failing at once.
+PRAGMAS: tuple[str, ...] = (
+    "PRAGMA busy_timeout = 30000",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA foreign_keys = ON",
+)
