@@ -1,0 +1,113 @@
+"""The gateway app factory: the lifespan owns the store, the upstream pool and the background loops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import orjson
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway import admin, errors, metrics, openai_api
+from gateway.context import Gateway, gateway_of
+from gateway.lookups import Lookups
+from gateway.registry import WorkerTable
+from gateway.settings import GatewaySettings
+from gateway.upstream import open_session
+from vouchers.clock import Clock, SystemClock
+from vouchers.factory import open_store
+from vouchers.store import Store
+
+log = logging.getLogger(__name__)
+
+
+async def _every(seconds: float, name: str, step: Callable[[], Awaitable[object]]) -> None:
+    """Run `step` every `seconds` until cancelled; a failing step is logged and retried next time."""
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background step %s failed", name)
+        await asyncio.sleep(seconds)
+
+
+@asynccontextmanager
+async def _running(app: FastAPI, settings: GatewaySettings, store: Store | None, clock: Clock) -> AsyncIterator[None]:
+    async with AsyncExitStack() as stack:
+        if store is None:
+            store = await open_store(settings.store, data_dir=settings.data_dir, clock=clock,
+                                     namespace=settings.namespace)
+            stack.push_async_callback(store.close)
+        client = open_session(max_connections=settings.max_connections,
+                              connect_timeout_s=settings.upstream_connect_timeout_s,
+                              read_timeout_s=settings.upstream_read_timeout_s)
+        stack.push_async_callback(client.close)
+        workers = WorkerTable(store, client, health_timeout_s=settings.health_timeout_s)
+        gw = Gateway(settings=settings, store=store, clock=clock, client=client, workers=workers,
+                     lookups=Lookups(store, ttl_s=settings.price_cache_s), metrics=metrics.ServiceMetrics(),
+                     admin_token=settings.resolve_admin_token())
+        app.state.gateway = gw
+        await workers.refresh()
+        await workers.check_health()
+        tasks = [
+            asyncio.create_task(_every(settings.worker_refresh_s, "refresh workers", workers.refresh)),
+            asyncio.create_task(_every(settings.health_interval_s, "health checks", workers.check_health)),
+            asyncio.create_task(_every(settings.reap_interval_s, "reap holds", store.reap_holds)),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def healthz(request: Request) -> Response:
+    """200 once the store answers and at least one worker is healthy; the body says what is missing."""
+    gw = gateway_of(request)
+    missing: list[str] = []
+    try:
+        await gw.store.list_prices()
+        store_ok = True
+    except Exception:
+        log.exception("store health check failed")
+        store_ok = False
+        missing.append("store")
+    healthy = [w for w in gw.workers.workers if gw.workers.is_healthy(w.id)]
+    if not healthy:
+        missing.append("a healthy worker")
+    body = {"status": "ok" if not missing else "unavailable", "store": store_ok,
+            "workers": {"known": len(gw.workers.workers), "healthy": len(healthy)},
+            "models": sorted({w.model for w in healthy}), "missing": missing}
+    return Response(orjson.dumps(body), status_code=200 if not missing else 503, media_type="application/json")
+
+
+async def metrics_page(request: Request) -> Response:
+    """GET /metrics in the Prometheus text format."""
+    gw = gateway_of(request)
+    text = await metrics.render(gw.store, gw.metrics, gw.workers.counts(), gw.clock.now())
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def create_app(settings: GatewaySettings, *, store: Store | None = None, clock: Clock | None = None) -> FastAPI:
+    """Build the gateway. A store passed in stays the caller's to close; otherwise the app opens its own."""
+    the_clock = clock or SystemClock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with _running(app, settings, store, the_clock):
+            yield
+
+    app = FastAPI(title="shuqi gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    errors.install(app)
+    app.router.routes.extend(openai_api.routes())
+    app.include_router(admin.router())
+    app.add_api_route("/healthz", healthz, methods=["GET"])
+    app.add_api_route("/metrics", metrics_page, methods=["GET"])
+    return app

@@ -1,0 +1,191 @@
+"""The founder API: OpenAI-compatible endpoints, metered, plus the caller's own balance and usage."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway import ratelimit, tokens, validation, wire
+from gateway.auth import Caller, startup_caller
+from gateway.context import Gateway, gateway_of
+from gateway.metering import completion_budget, worst_case
+from gateway.proxy import Exchange
+from gateway.validation import Endpoint, ParsedRequest
+from vouchers.errors import Conflict, InvalidRequest, PayloadTooLarge, ShuqiError
+from vouchers.models import Hold, HoldStatus, Price, WorkerRecord
+from vouchers.units import Kind
+
+_MAX_IDEMPOTENCY_KEY = 255
+_IDEMPOTENT_RETRIES = 8  # attempts with one Idempotency-Key after failures that charged nothing
+
+
+def _json(payload: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over `limit` bytes before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        # Nobody will read the answer; this only ends the request quietly, before anything was held.
+        raise InvalidRequest("The client went away while sending the body.") from exc
+    return b"".join(chunks)
+
+
+async def _prompt_tokens(gw: Gateway, replicas: list[WorkerRecord], parsed: ParsedRequest, raw: bytes,
+                         price: Price | None) -> tuple[int, bool]:
+    """Prompt tokens for the hold, and whether the model's tokenizer counted them."""
+    bound = tokens.upper_bound(raw)
+    if price is None or (price.input_per_1m == 0 and price.output_per_1m == 0):
+        return bound, False  # costs nothing: no need to pay for an exact count
+    if len(raw) < gw.settings.tokenize_min_bytes:
+        # A short prompt's byte bound holds little more than its real count, for less than a round trip.
+        return bound, False
+    worker = next((w for w in replicas if w.tokenize_path and gw.workers.is_healthy(w.id)), None)
+    if worker is None:
+        return bound, False
+    counted = await tokens.count(gw.client, worker, parsed, timeout_s=gw.settings.tokenize_timeout_s)
+    return (min(counted, bound), True) if counted is not None else (bound, False)
+
+
+async def _reserve(gw: Gateway, caller: Caller, request: Request, request_id: str, amount: int) -> Hold | None:
+    if amount <= 0:
+        return None
+    ttl = gw.settings.hold_ttl_s
+    idem = request.headers.get("idempotency-key")
+    if idem is None:
+        key = f"{caller.startup_id}:req:{request_id}"
+        return await gw.store.reserve(caller.startup_id, Kind.MODEL, amount, ttl_s=ttl, idempotency_key=key)
+    if not idem or len(idem) > _MAX_IDEMPOTENCY_KEY:
+        raise InvalidRequest(f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters.",
+                             param="Idempotency-Key")
+    # A released hold means an earlier attempt failed uncharged: the retry takes the next key in the chain,
+    # so any later retry finds the charged attempt and is never charged again.
+    for attempt in range(_IDEMPOTENT_RETRIES):
+        key = f"{caller.startup_id}:idem:{idem}#{attempt}"
+        hold = await gw.store.reserve(caller.startup_id, Kind.MODEL, amount, ttl_s=ttl, idempotency_key=key)
+        if hold.status is not HoldStatus.RELEASED:
+            return hold
+    raise Conflict("This Idempotency-Key was used by too many failed requests; use a new key.",
+                   param="Idempotency-Key")
+
+
+async def _serve(request: Request, endpoint: Endpoint) -> Response:
+    started = time.perf_counter()
+    gw = gateway_of(request)
+    request_id = "req_" + secrets.token_hex(12)
+    headers = {"x-request-id": request_id}
+    startup_id = model = ""
+    try:
+        caller = await startup_caller(gw.store, request)
+        startup_id = caller.startup_id
+        raw = await read_body(request, gw.settings.max_body_bytes)
+        parsed = validation.parse(raw, endpoint, max_tokens_cap=gw.settings.max_tokens_cap)
+        model = parsed.model
+        replicas = await gw.workers.replicas_for(model, startup_id, embeddings=endpoint is Endpoint.EMBEDDINGS)
+        price = await gw.lookups.price(model)
+        prompt, exact = await _prompt_tokens(gw, replicas, parsed, raw, price)
+        context = max(w.context_length or gw.settings.default_context_length for w in replicas)
+        budget = 0 if endpoint is Endpoint.EMBEDDINGS else completion_budget(parsed.generations, parsed.max_tokens,
+                                                                             context)
+        limits = await gw.lookups.limits(startup_id)
+        # Tokens per minute count a typical prompt size, not the safe bound the hold needs.
+        rate_tokens = (prompt if exact else tokens.rough_estimate(raw)) + budget
+        headers.update(await ratelimit.check(gw.store, startup_id, limits, tokens=rate_tokens))
+        hold = await _reserve(gw, caller, request, request_id, worst_case(prompt, budget, price))
+        exchange = Exchange(gw, startup_id, parsed, request_id, price, hold, prompt, exact, replicas, headers,
+                            started)
+        return await exchange.run()
+    except ShuqiError as exc:
+        exc.headers = {**headers, **exc.headers}
+        gw.metrics.requests.labels(startup_id, model, str(exc.status)).inc()
+        raise
+
+
+async def chat_completions(request: Request) -> Response:
+    """POST /v1/chat/completions."""
+    return await _serve(request, Endpoint.CHAT)
+
+
+async def completions(request: Request) -> Response:
+    """POST /v1/completions."""
+    return await _serve(request, Endpoint.COMPLETIONS)
+
+
+async def embeddings(request: Request) -> Response:
+    """POST /v1/embeddings."""
+    return await _serve(request, Endpoint.EMBEDDINGS)
+
+
+async def list_models(request: Request) -> Response:
+    """GET /v1/models: the models this caller may use, with their prices."""
+    gw = gateway_of(request)
+    caller = await startup_caller(gw.store, request)
+    await gw.workers.refresh()
+    by_model: dict[str, list[WorkerRecord]] = {}
+    for w in gw.workers.workers:
+        if w.owner is None or w.owner == caller.startup_id:
+            by_model.setdefault(w.model, []).append(w)
+    data = []
+    for name in sorted(by_model):
+        replicas = by_model[name]
+        price = await gw.lookups.price(name)
+        data.append({
+            "id": name, "object": "model", "created": int(min(w.heartbeat_at for w in replicas)),
+            "owned_by": caller.startup_id if all(w.owner for w in replicas) else "shuqi",
+            "price": wire.price(price) if price else None,
+            "context_length": max((w.context_length or 0) for w in replicas) or None,
+            "embeddings": any(w.embeddings for w in replicas),
+            "healthy_replicas": sum(1 for w in replicas if gw.workers.is_healthy(w.id)),
+        })
+    return _json({"object": "list", "data": data})
+
+
+async def my_balance(request: Request) -> Response:
+    """GET /v1/balance: the caller's own balance."""
+    gw = gateway_of(request)
+    caller = await startup_caller(gw.store, request)
+    return _json(wire.balance(await gw.store.balance(caller.startup_id)))
+
+
+async def my_usage(request: Request) -> Response:
+    """GET /v1/usage?since=&until=&limit=: the caller's own ledger lines, oldest first."""
+    gw = gateway_of(request)
+    caller = await startup_caller(gw.store, request)
+    query = request.query_params
+    since = wire.parse_time(query["since"], "since") if "since" in query else None
+    until = wire.parse_time(query["until"], "until") if "until" in query else None
+    limit = None
+    if "limit" in query:
+        if not query["limit"].isdigit() or int(query["limit"]) < 1:
+            raise InvalidRequest("'limit' must be a positive integer", param="limit")
+        limit = int(query["limit"])
+    lines = await gw.store.journal(caller.startup_id, since=since, until=until, limit=limit)
+    return _json({"object": "list", "data": [wire.journal_line(line) for line in lines]})
+
+
+def routes() -> list[Route]:
+    """The founder API routes, as plain Starlette routes: the hot path needs no dependency injection."""
+    return [
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/balance", my_balance, methods=["GET"]),
+        Route("/v1/usage", my_usage, methods=["GET"]),
+    ]

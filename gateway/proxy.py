@@ -1,0 +1,277 @@
+"""One metered exchange with an upstream replica: connect (with failover), relay, then settle or release.
+
+The hold is taken before this runs; from then on every path ends in exactly one settle or one release.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import anyio
+import orjson
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from gateway import tokens
+from gateway.context import Gateway
+from gateway.errors import sse_error_event
+from gateway.metering import Usage, cost, usage_from
+from gateway.sse import StreamCounter
+from gateway.upstream import STREAM_ERRORS, failed_before_answer
+from gateway.validation import ParsedRequest
+from vouchers.errors import InvalidRequest, ModelUnavailable, ShuqiError, UpstreamError
+from vouchers.models import ChargeRef, Hold, HoldStatus, Price, WorkerRecord
+
+log = logging.getLogger(__name__)
+
+_MAX_ATTEMPTS = 3
+
+
+class RelayResponse(StreamingResponse):
+    """A streamed answer that runs `on_close` once it ends, however it ends.
+
+    The cleanup cannot live in the body generator alone: a client that leaves before the first chunk
+    cancels the response before the generator ever starts, and its `finally` would never run.
+    """
+
+    def __init__(self, content: AsyncGenerator[bytes, None], on_close: Callable[[], Awaitable[None]], *,
+                 media_type: str, headers: dict[str, str]) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self._on_close = on_close
+        self._body = content
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # The client may be gone and this task cancelled: finish the books regardless.
+            with anyio.CancelScope(shield=True):
+                await self._body.aclose()
+                await self._on_close()
+
+
+@dataclass
+class Exchange:
+    gw: Gateway
+    startup_id: str
+    parsed: ParsedRequest
+    request_id: str
+    price: Price | None
+    hold: Hold | None
+    prompt_estimate: int
+    prompt_exact: bool  # the estimate came from the model's tokenizer, not the byte bound
+    replicas: list[WorkerRecord]
+    headers: dict[str, str]
+    started: float  # perf_counter at arrival
+    _done: bool = False
+    _upstream_s: float = 0.0
+    _sent_at: float = 0.0
+    _content: bytes = b""  # a unary answer's body
+    _stream_code: int = 200
+
+    async def run(self) -> Response:
+        """Proxy the request and answer; on any failure before the answer the hold is released."""
+        try:
+            body = self._upstream_body()
+            worker, resp, first = await self._connect(body)
+        except BaseException:
+            await self._release()
+            raise
+        if not self.parsed.stream or resp.status != 200:
+            return await self._unary(worker, resp)
+        counter = StreamCounter(forward_usage=self.parsed.client_wants_usage)
+
+        async def finish() -> None:
+            # close, not release: a stream cut short must end the upstream request, not wait for it.
+            resp.close()
+            self.gw.workers.release(worker.id)
+            usage = counter.usage or Usage(await self._prompt_tokens(worker), counter.chunks_with_output)
+            await self._settle(usage)
+            self._observe(self._stream_code)
+
+        return RelayResponse(self._relay(resp, first, counter), finish, media_type="text/event-stream",
+                             headers={**self.headers, "cache-control": "no-cache"})
+
+    def _upstream_body(self) -> bytes:
+        body = self.parsed.body
+        if self.parsed.stream:
+            # Always ask for usage so the charge is the upstream's count; the client sees it only if it asked.
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True
+            body = {**body, "stream_options": options}
+        return orjson.dumps(body)
+
+    async def _connect(self, body: bytes) -> tuple[WorkerRecord, aiohttp.ClientResponse, bytes]:
+        tried: set[str] = set()
+        workers = self.gw.workers
+        url_tail = "/v1/" + self.parsed.endpoint.value
+        # No x-request-id upstream: llama-cpp-python's server answers 400 to any id that is not a UUID.
+        headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        while len(tried) < _MAX_ATTEMPTS:
+            worker = workers.pick(self.replicas, tried)
+            if worker is None:
+                break
+            tried.add(worker.id)
+            workers.acquire(worker.id)
+            t0 = time.perf_counter()
+            self._sent_at = self._sent_at or t0
+            try:
+                resp = await self.gw.client.post(worker.url.rstrip("/") + url_tail, data=body, headers=headers)
+                first = await self._first_bytes(resp)
+            except STREAM_ERRORS as exc:
+                if not failed_before_answer(exc):
+                    workers.release(worker.id)
+                    raise UpstreamError("The model server did not answer in time; you were not charged.") from exc
+                workers.release(worker.id)
+                workers.mark_failed(worker.id)
+                log.warning("replica failed before answering (%s), trying another", type(exc).__name__,
+                            extra={"worker": worker.id, "request_id": self.request_id})
+                continue
+            except BaseException:
+                workers.release(worker.id)
+                raise
+            self._upstream_s += time.perf_counter() - t0
+            return worker, resp, first
+        raise ModelUnavailable(f"No replica of `{self.parsed.model}` could be reached; try again shortly.")
+
+    async def _first_bytes(self, resp: aiohttp.ClientResponse) -> bytes:
+        """Read enough to know the replica answers: the whole body, or a stream's first bytes."""
+        try:
+            if not self.parsed.stream or resp.status != 200:
+                self._content = await resp.read()
+                return b""
+            return await resp.content.readany()
+        except BaseException:
+            resp.close()
+            raise
+
+    async def _unary(self, worker: WorkerRecord, resp: aiohttp.ClientResponse) -> Response:
+        content = self._content
+        try:
+            resp.release()
+            self.gw.workers.release(worker.id)
+            if resp.status != 200:
+                await self._release()
+                return self._upstream_failure(resp.status, content)
+            try:
+                answer = orjson.loads(content)
+            except orjson.JSONDecodeError as exc:
+                raise UpstreamError("The upstream answered with a body that is not JSON.") from exc
+            usage = usage_from(answer.get("usage") if isinstance(answer, dict) else None)
+            if usage is None:
+                # No count from the upstream: charge the prompt estimate and the bytes of the answer as tokens.
+                usage = Usage(self.prompt_estimate, len(content))
+            await self._settle(usage)
+        except BaseException:
+            await self._release()
+            raise
+        self._observe(200)
+        return Response(content, status_code=200, media_type="application/json", headers=self.headers)
+
+    def _upstream_failure(self, code: int, content: bytes) -> Response:
+        self._observe(code if code < 500 else 502)
+        if code < 500:
+            # The upstream refused the request itself (a bad parameter): pass its answer on as it is.
+            try:
+                answer = orjson.loads(content)
+            except orjson.JSONDecodeError:
+                answer = None
+            if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+                return Response(content, status_code=code, media_type="application/json", headers=self.headers)
+            text = content[:500].decode(errors="replace")
+            exc: ShuqiError = InvalidRequest(text or f"The upstream refused the request ({code}).")
+        else:
+            log.warning("upstream error %s", code, extra={"request_id": self.request_id})
+            exc = UpstreamError(f"The model server failed ({code}); you were not charged.")
+        return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type="application/json",
+                        headers={**self.headers, **exc.headers})
+
+    async def _relay(self, resp: aiohttp.ClientResponse, first: bytes, counter: StreamCounter
+                     ) -> AsyncGenerator[bytes, None]:
+        model = self.parsed.model
+        self.gw.metrics.ttft.labels(model).observe(time.perf_counter() - self.started)
+        # The ledger's clock decides hold expiry, so it also decides when a long stream renews its hold.
+        clock = self.gw.clock
+        extend_every = self.gw.settings.hold_ttl_s / 3
+        last_extend = clock.now()
+        try:
+            out = counter.feed(first)
+            if out:
+                yield out
+            async for chunk in resp.content.iter_any():
+                out = counter.feed(chunk)
+                if out:
+                    yield out
+                if self.hold is not None and clock.now() - last_extend > extend_every:
+                    last_extend = clock.now()
+                    await self._extend_hold()
+            tail = counter.flush()
+            if tail:
+                yield tail
+        except STREAM_ERRORS as exc:
+            self._stream_code = 502
+            log.warning("upstream broke mid-stream (%s)", type(exc).__name__, extra={"request_id": self.request_id})
+            yield sse_error_event(UpstreamError("The model server failed mid-stream; you are charged only "
+                                                "for what was streamed."))
+
+    async def _extend_hold(self) -> None:
+        """Keep a long stream's hold from being reaped while it still runs."""
+        if self.hold is None:
+            return
+        try:
+            await self.gw.store.extend(self.hold.id, ttl_s=self.gw.settings.hold_ttl_s)
+        except ShuqiError as exc:
+            log.warning("could not extend the hold: %s", exc.message, extra={"request_id": self.request_id})
+
+    async def _prompt_tokens(self, worker: WorkerRecord) -> int:
+        """Prompt tokens of a stream that ended without usage: the tokenizer's count where we can get it."""
+        if self.prompt_exact or self.hold is None:
+            return self.prompt_estimate
+        counted = await tokens.count(self.gw.client, worker, self.parsed,
+                                     timeout_s=self.gw.settings.tokenize_timeout_s)
+        return min(counted, self.prompt_estimate) if counted is not None else self.prompt_estimate
+
+    async def _settle(self, usage: Usage) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self.hold is None:
+            return
+        ref = ChargeRef(reference=self.request_id, model=self.parsed.model, prompt_tokens=usage.prompt_tokens,
+                        completion_tokens=usage.completion_tokens)
+        amount = cost(usage, self.price)
+        for attempt in (1, 2):
+            try:
+                await self.gw.store.settle(self.hold.id, amount, ref, final=True)
+                return
+            except Exception:
+                # A final settle happens once, so trying again cannot charge twice. If both tries fail the
+                # answer is already delivered; the hold's TTL bounds what the unsettled request can hide.
+                log.exception("settle failed (attempt %s)", attempt,
+                              extra={"request_id": self.request_id, "startup": self.startup_id})
+
+    async def _release(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self.hold is None or self.hold.status is not HoldStatus.OPEN:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.gw.store.release(self.hold.id)
+            except Exception:
+                log.exception("release failed", extra={"request_id": self.request_id, "startup": self.startup_id})
+
+    def _observe(self, code: int) -> None:
+        metrics = self.gw.metrics
+        model = self.parsed.model
+        total = time.perf_counter() - self.started
+        metrics.requests.labels(self.startup_id, model, str(code)).inc()
+        metrics.duration.labels(model).observe(total)
+        # Unary: everything but the upstream call. Streams: what came before the upstream was asked.
+        overhead = total - self._upstream_s if not self.parsed.stream else self._sent_at - self.started
+        metrics.overhead.labels(model).observe(max(overhead, 0.0))

@@ -1,0 +1,55 @@
+"""Gateway settings, read from SHUQI_* environment variables once at the entry point."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the gateway needs to start; build once and pass to `create_app`."""
+
+    model_config = SettingsConfigDict(env_prefix="SHUQI_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path(".shuqi")
+    admin_token: str | None = None
+    store: str = "sqlite"
+    namespace: str = "shuqi"  # key prefix on a shared Redis
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_tokens_cap: int = Field(default=131_072, ge=1)  # largest max_tokens a request may ask for
+    default_context_length: int = Field(default=8192, ge=1)  # worst case when a worker does not say
+    hold_ttl_s: float = Field(default=600.0, gt=0)
+    reap_interval_s: float = Field(default=30.0, gt=0)
+    worker_refresh_s: float = Field(default=1.0, gt=0)
+    health_interval_s: float = Field(default=2.0, gt=0)
+    health_timeout_s: float = Field(default=2.0, gt=0)
+    tokenize_timeout_s: float = Field(default=2.0, gt=0)
+    tokenize_min_bytes: int = Field(default=2048, ge=0)  # smaller bodies are held at the byte bound, uncounted
+    upstream_connect_timeout_s: float = Field(default=3.0, gt=0)
+    upstream_read_timeout_s: float = Field(default=600.0, gt=0)
+    max_connections: int = Field(default=256, ge=1)
+    price_cache_s: float = Field(default=1.0, ge=0)  # how long a replica may use a stale price or limit
+
+    def resolve_admin_token(self) -> str:
+        """The admin token: the configured one, else the one in the data dir, else a new one written there."""
+        if self.admin_token:
+            return self.admin_token
+        path = self.data_dir / "admin-token"
+        if path.exists():
+            token = path.read_text().strip()
+            if token:
+                return token
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        token = "shuqi-admin-" + secrets.token_urlsafe(32)
+        # Created with mode 600 from the start so the secret is never readable by others, even briefly.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        os.chmod(path, 0o600)
+        return token

@@ -1,0 +1,78 @@
+"""Relay an upstream server-sent event stream: count what it delivers, hold back an unasked usage chunk.
+
+Events are forwarded as the upstream wrote them; a chunk is parsed only to count tokens and find usage.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from gateway.metering import Usage, usage_from
+
+_SEP = b"\n\n"
+_DATA = b"data:"
+
+
+class StreamCounter:
+    """Splits upstream bytes into events and keeps the counts needed to settle the request."""
+
+    def __init__(self, *, forward_usage: bool) -> None:
+        self._forward_usage = forward_usage
+        self._buffer = b""
+        self.usage: Usage | None = None  # what the upstream reported, if it did
+        self.chunks_with_output = 0  # choices carrying generated text: at least one token each
+        self.events = 0
+
+    def feed(self, data: bytes) -> bytes:
+        """Bytes to send on to the client for this piece of the upstream stream (maybe empty)."""
+        buffer = self._buffer + data if self._buffer else data
+        if b"\r\n" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+        if _SEP not in buffer:
+            self._buffer = buffer
+            return b""
+        *complete, self._buffer = buffer.split(_SEP)
+        out = [event + _SEP for event in complete if self._keep(event)]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """Whatever the upstream left unterminated at the end of the stream."""
+        rest, self._buffer = self._buffer, b""
+        if rest.strip() and self._keep(rest):
+            return rest + _SEP
+        return b""
+
+    def _keep(self, event: bytes) -> bool:
+        self.events += 1
+        if not event.startswith(_DATA):
+            return True
+        payload = event[len(_DATA):].strip()
+        if not payload.startswith(b"{"):
+            return True  # [DONE] and anything else we do not read
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return True
+        if not isinstance(chunk, dict):
+            return True
+        choices = chunk.get("choices")
+        if isinstance(choices, list):
+            self.chunks_with_output += sum(1 for c in choices if _has_output(c))
+        usage = usage_from(chunk.get("usage"))
+        if usage is not None:
+            self.usage = usage
+            # The usage-only chunk exists because we asked for it; a client that did not ask never sees it.
+            return self._forward_usage or bool(choices)
+        return True
+
+
+def _has_output(choice: object) -> bool:
+    if not isinstance(choice, dict):
+        return False
+    if choice.get("text"):
+        return True
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        return bool(delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content")
+                    or delta.get("function_call"))
+    return False

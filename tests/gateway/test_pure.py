@@ -1,0 +1,81 @@
+"""Pure pieces of the gateway: the SSE relay counter, request checks, worst-case arithmetic, token bounds."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from gateway import metering, ratelimit, tokens, validation
+from gateway.sse import StreamCounter
+from gateway.validation import Endpoint
+from vouchers.errors import InvalidRequest
+from vouchers.models import Price, RateDecision
+
+
+def _event(payload: object) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+CONTENT = _event({"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": None})
+USAGE = _event({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}})
+DONE = b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("forward_usage", [False, True])
+def test_counter_relays_events_split_anywhere_and_holds_back_unasked_usage(forward_usage: bool) -> None:
+    stream = CONTENT + CONTENT + USAGE + DONE
+    counter = StreamCounter(forward_usage=forward_usage)
+    out = b"".join(counter.feed(stream[i:i + 7]) for i in range(0, len(stream), 7)) + counter.flush()
+    assert out == (CONTENT + CONTENT + (USAGE if forward_usage else b"") + DONE)
+    assert counter.usage == metering.Usage(7, 2)
+    assert counter.chunks_with_output == 2
+
+
+def test_counter_counts_without_usage_and_keeps_crlf_streams_readable() -> None:
+    counter = StreamCounter(forward_usage=False)
+    out = counter.feed(CONTENT.replace(b"\n", b"\r\n") + b"data: {\"choices\": [{\"text\": \"x\"}]}")
+    assert out == CONTENT
+    assert counter.flush() == b"data: {\"choices\": [{\"text\": \"x\"}]}\n\n"
+    assert counter.usage is None and counter.chunks_with_output == 2
+
+
+def test_worst_case_covers_every_choice_and_rounds_up() -> None:
+    price = Price("m", input_per_1m=1_000_000, output_per_1m=3)  # 1 micro-credit per prompt token; 3 per 1M out
+    assert metering.completion_budget(4, 100, 2048) == 400
+    assert metering.completion_budget(1, None, 2048) == 2048
+    assert metering.worst_case(10, 400, price) == 10 + 1  # 400 x 3 / 1M of a micro-credit rounds up to 1
+    assert metering.worst_case(10, 400, None) == 0
+
+
+def test_parse_counts_generations_and_names_bad_fields() -> None:
+    body = {"model": "m", "prompt": ["a", "b"], "n": 2, "best_of": 3, "max_tokens": 5}
+    parsed = validation.parse(orjson.dumps(body), Endpoint.COMPLETIONS, max_tokens_cap=100)
+    assert (parsed.generations, parsed.max_tokens, parsed.stream) == (6, 5, False)
+    chat = {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 9,
+            "max_tokens": 50, "stream": True, "stream_options": {"include_usage": True}}
+    parsed = validation.parse(orjson.dumps(chat), Endpoint.CHAT, max_tokens_cap=100)
+    assert (parsed.max_tokens, parsed.stream, parsed.client_wants_usage) == (9, True, True)
+    for bad, param in [({"model": 3}, "model"), ({"model": "m", "messages": [{}]}, "messages[0]"),
+                       ({"model": "m", "messages": [{"role": "u"}], "max_tokens": True}, "max_tokens")]:
+        with pytest.raises(InvalidRequest) as info:
+            validation.parse(orjson.dumps(bad), Endpoint.CHAT, max_tokens_cap=100)
+        assert info.value.param == param
+    with pytest.raises(InvalidRequest):
+        validation.parse(b"[1, 2]", Endpoint.CHAT, max_tokens_cap=100)
+
+
+def test_byte_bound_is_at_least_the_text() -> None:
+    text = "ünïcødé " * 100
+    raw = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": text}]})
+    assert tokens.upper_bound(raw) >= len(text.encode())
+
+
+def test_rate_limit_headers_use_openai_formats() -> None:
+    decision = RateDecision(allowed=True, limit_requests=60, remaining_requests=59, limit_tokens=None,
+                            remaining_tokens=None, reset_s=75.0)
+    assert ratelimit.headers(decision) == {"x-ratelimit-limit-requests": "60",
+                                           "x-ratelimit-remaining-requests": "59",
+                                           "x-ratelimit-reset-requests": "1m15s"}
+    short = RateDecision(allowed=True, limit_requests=None, remaining_requests=None, limit_tokens=10,
+                         remaining_tokens=3, reset_s=0.25)
+    assert ratelimit.headers(short)["x-ratelimit-reset-tokens"] == "250ms"
