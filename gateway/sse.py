@@ -32,38 +32,47 @@ class StreamCounter:
             self._buffer = buffer
             return b""
         *complete, self._buffer = buffer.split(_SEP)
-        out = [event + _SEP for event in complete if self._keep(event)]
+        out = [kept + _SEP for event in complete if (kept := self._relay(event)) is not None]
         return b"".join(out)
 
     def flush(self) -> bytes:
         """Whatever the upstream left unterminated at the end of the stream."""
         rest, self._buffer = self._buffer, b""
-        if rest.strip() and self._keep(rest):
-            return rest + _SEP
+        if rest.strip() and (kept := self._relay(rest)) is not None:
+            return kept + _SEP
         return b""
 
-    def _keep(self, event: bytes) -> bool:
+    def _relay(self, event: bytes) -> bytes | None:
+        """The event as the client should see it, or None to hold it back."""
         self.events += 1
         if not event.startswith(_DATA):
-            return True
+            return event
         payload = event[len(_DATA):].strip()
         if not payload.startswith(b"{"):
-            return True  # [DONE] and anything else we do not read
+            return event  # [DONE] and anything else we do not read
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            return True
+            return event
         if not isinstance(chunk, dict):
-            return True
+            return event
         choices = chunk.get("choices")
         if isinstance(choices, list):
             self.chunks_with_output += sum(1 for c in choices if _has_output(c))
         usage = usage_from(chunk.get("usage"))
-        if usage is not None:
-            self.usage = usage
+        if usage is None:
+            return event
+        self.usage = usage
+        if not choices:
             # The usage-only chunk exists because we asked for it; a client that did not ask never sees it.
-            return self._forward_usage or bool(choices)
-        return True
+            return event if self._forward_usage else None
+        # vLLM with --enable-force-include-usage puts running totals on text chunks too; OpenAI sends
+        # usage only on the last chunk (null elsewhere when asked for, absent when not).
+        if self._forward_usage:
+            chunk["usage"] = None
+        else:
+            del chunk["usage"]
+        return _DATA + b" " + orjson.dumps(chunk)
 
 
 def _has_output(choice: object) -> bool:

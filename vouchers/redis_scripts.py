@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
 log = logging.getLogger(__name__)
 
-SCRIPT_NAMES = ("reserve", "settle", "release", "extend", "void", "rate_limit", "heartbeat")
+SCRIPT_NAMES = ("reserve", "settle", "release", "extend", "void", "rate_limit", "heartbeat", "key_lookup")
 # Enough to drain a burst from many tasks; bigger batches only delay the first reply.
 MAX_BATCH = 512
 

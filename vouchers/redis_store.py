@@ -177,11 +177,13 @@ class RedisStore:
 
     async def key_by_hash(self, key_hash: str) -> ApiKey | None:
         """The key with this hash, revoked or not."""
-        key_id = await self._r.hget(self.keys.keys_by_hash, key_hash)
-        if key_id is None:
+        reply = await self._scripts.run(
+            "key_lookup", [self.keys.keys_by_hash, self.keys.keys, self.keys.keys_revoked], [key_hash]
+        )
+        if reply is None:
             return None
-        found = await self._keys_by_id([key_id])
-        return found[0] if found else None
+        record, revoked = reply
+        return ApiKey(**json.loads(record), revoked_at=opt_time(revoked))
 
     async def list_keys(self, startup_id: str) -> list[ApiKey]:
         """A startup's keys, oldest first."""
@@ -413,6 +415,7 @@ class RedisStore:
                 str(ref.prompt_tokens),
                 str(ref.completion_tokens),
                 hold_id,
+                "0" if idempotency_key is None else "1",
             ],
         )
         if reply[0] == "notfound":

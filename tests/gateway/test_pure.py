@@ -31,6 +31,23 @@ def test_counter_relays_events_split_anywhere_and_holds_back_unasked_usage(forwa
     assert counter.chunks_with_output == 2
 
 
+@pytest.mark.parametrize("forward_usage", [False, True])
+def test_counter_hides_running_usage_on_text_chunks_like_openai(forward_usage: bool) -> None:
+    # vLLM with --enable-force-include-usage puts running totals on every text chunk.
+    running = _event({"choices": [{"index": 0, "delta": {"content": "hi"}}],
+                      "usage": {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}})
+    counter = StreamCounter(forward_usage=forward_usage)
+    out = counter.feed(running + USAGE + DONE)
+    events = [orjson.loads(e.removeprefix(b"data: ")) for e in out.split(b"\n\n") if e and e != b"data: [DONE]"]
+    assert events[0]["choices"][0]["delta"]["content"] == "hi"
+    if forward_usage:
+        assert events[0]["usage"] is None
+        assert events[1]["usage"]["completion_tokens"] == 2
+    else:
+        assert "usage" not in events[0] and len(events) == 1
+    assert counter.usage == metering.Usage(7, 2)
+
+
 def test_counter_counts_without_usage_and_keeps_crlf_streams_readable() -> None:
     counter = StreamCounter(forward_usage=False)
     out = counter.feed(CONTENT.replace(b"\n", b"\r\n") + b"data: {\"choices\": [{\"text\": \"x\"}]}")
