@@ -7,3 +7,37 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add the service commands to the root app."""
+    app.command("up")(up)
+    app.command("gateway")(gateway)
+    app.command("worker")(worker)
+
+
+def up() -> None:
+    """Run the embedded stack (store, Ray, worker, gateway) in the foreground; Ctrl-C stops it all."""
+    from shuqi.up import up_main
+
+    raise typer.Exit(up_main())
+
+
+def gateway(
+    host: str | None = typer.Option(None, help="listen address (default: SHUQI_HOST or 127.0.0.1)"),
+    port: int | None = typer.Option(None, help="listen port (default: SHUQI_PORT or 8000)"),
+) -> None:
+    """Run one gateway replica; replicas on one Redis store (SHUQI_STORE=redis://...) share the ledger."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+
+    settings = GatewaySettings()
+    app = create_app(settings)
+    # No access log: a line per request costs more CPU than the gateway's own work; /metrics counts requests.
+    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="info", ws="none",
+                access_log=False)
+
+
+def worker(model: str = typer.Option(..., "--model", help="a model name from the model config")) -> None:
+    """Serve one model: as a Ray actor when RAY_ADDRESS is set, else in this process."""
+    from workers.run import worker_main
+
+    raise typer.Exit(worker_main(model))

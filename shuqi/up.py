@@ -1,0 +1,306 @@
+"""`shuqi up`: the embedded stack on one machine, and `shuqi worker`: one worker service.
+
+`up` is the composition root of the embedded default: a SQLite (or Redis) store, a local Ray head on
+loopback, the scheduler (hook below), one worker actor per model named in the config's `up` list, and
+the gateway served by uvicorn in this process. SIGINT and SIGTERM stop all of it in reverse order, and
+a last sweep kills anything still alive below this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import uvicorn
+
+from vouchers.factory import open_store
+from vouchers.store import Store
+from workers.engine import ModelSpec
+from workers.process import finish_tree, free_port, snapshot_tree
+from workers.service import WorkerSettings
+from workers.specs import ModelConfig, load_config, price_of
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_WORKER_START_TIMEOUT_S = 300.0
+_WORKER_STOP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class UpSettings:
+    """The environment of CONTRACT.md's `shuqi up` table, read once at the entry point."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path(".shuqi")
+    store: str = "sqlite"
+    logical_gpus: int | None = None  # None: Ray detects the GPUs
+    admin_token_set: bool = False
+    models_path: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> UpSettings:
+        """Build from SHUQI_* variables."""
+        env = dict(os.environ if env is None else env)
+        gpus = env.get("SHUQI_LOGICAL_GPUS")
+        models = env.get("SHUQI_MODELS")
+        return cls(
+            host=env.get("SHUQI_HOST", "127.0.0.1"),
+            port=int(env.get("SHUQI_PORT", "8000")),
+            data_dir=Path(env.get("SHUQI_DATA_DIR", ".shuqi")),
+            store=env.get("SHUQI_STORE", "sqlite"),
+            logical_gpus=int(gpus) if gpus else None,
+            admin_token_set=bool(env.get("SHUQI_ADMIN_TOKEN")),
+            models_path=Path(models) if models else None,
+        )
+
+    def store_url(self) -> str:
+        """The store URL as workers in other processes must see it: SQLite by absolute path."""
+        if self.store == "sqlite":
+            return f"sqlite:///{(self.data_dir / 'ledger.db').resolve()}"
+        return self.store
+
+
+async def seed_prices(store: Store, specs: list[ModelSpec]) -> list[str]:
+    """Set each model's price from its spec where the store has none (an admin's PUT wins); names set."""
+    seeded = []
+    for spec in specs:
+        if await store.get_price(spec.name) is None:
+            await store.set_price(price_of(spec))
+            seeded.append(spec.name)
+    return seeded
+
+
+def worker_settings(settings: UpSettings) -> WorkerSettings:
+    """The settings every worker of this stack gets."""
+    return WorkerSettings(store_url=settings.store_url(), data_dir=settings.data_dir.resolve())
+
+
+def _start_ray(settings: UpSettings) -> str:
+    """Start a local Ray head (random GCS port, never 6379; token auth on); the dashboard URL.
+
+    The dashboard and its Jobs API listen on loopback only. Ray binds GCS and the raylet to every
+    interface whatever it is asked, and protects them with its token.
+    """
+    from workers.actor import init_ray
+
+    context = init_ray(
+        num_gpus=settings.logical_gpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=free_port(),
+        namespace="shuqi",
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+    return f"http://{context.dashboard_url}"
+
+
+def _stop_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+async def _start_workers(specs: list[ModelSpec], settings: UpSettings) -> list[Any]:
+    from workers.actor import launch
+
+    handles = [launch(spec, worker_settings(settings)) for spec in specs]
+    statuses = await asyncio.wait_for(asyncio.gather(*(h.start.remote() for h in handles)), _WORKER_START_TIMEOUT_S)
+    for status in statuses:
+        logger.info("worker ready", extra={"worker_id": status.worker_id, "model": status.model})
+    return handles
+
+
+async def _stop_workers(handles: list[Any]) -> None:
+    for handle in handles:
+        try:
+            await asyncio.wait_for(handle.stop.remote(), _WORKER_STOP_TIMEOUT_S)
+        except Exception as exc:  # a dead actor must not stop the rest of the shutdown
+            logger.warning("worker did not stop cleanly: %s", exc)
+
+
+async def _start_scheduler(store: Store, dashboard_url: str) -> None:
+    """Hook for the scheduler issue: start the scheduler service here and return its stop coroutine.
+
+    It will get the store and the Ray dashboard URL (the Jobs API, token auth on). Until it exists,
+    the embedded stack runs without one and `/admin/v1/deployments` is not served.
+    """
+    del store, dashboard_url
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers (`up` owns SIGINT/SIGTERM and stops parts in order)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.ready.set()
+
+
+def _gateway_server(settings: UpSettings) -> _EmbeddedServer | None:
+    """The gateway's uvicorn server, not yet started; None while the gateway package is absent."""
+    try:
+        from gateway.app import create_app
+        from gateway.settings import GatewaySettings
+    except ImportError as exc:
+        logger.warning("gateway not available (%s); running without it", exc)
+        return None
+    # GatewaySettings reads the same SHUQI_* environment as UpSettings, so both agree on host, port,
+    # data dir, store and admin token (and it writes the generated token to the data dir).
+    app = create_app(GatewaySettings())
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="warning", lifespan="on", access_log=False, ws="none"
+    )
+    return _EmbeddedServer(config)
+
+
+def banner(settings: UpSettings, models: list[str], dashboard_url: str) -> str:
+    """What `up` prints once ready: the URL, where the admin token is, and how to start."""
+    url = f"http://{settings.host}:{settings.port}"
+    token_file = settings.data_dir / "admin-token"
+    token = "from $SHUQI_ADMIN_TOKEN" if settings.admin_token_set else f"in {token_file} (mode 600)"
+    export = "" if settings.admin_token_set else f"export SHUQI_ADMIN_TOKEN=$(cat {token_file})\n  "
+    model = models[0] if models else "MODEL"
+    return f"""
+shuqi is up at {url}   models: {", ".join(models)}
+admin token: {token}
+Ray dashboard: {dashboard_url} (loopback only, Ray token auth on)
+
+Try it:
+  {export}export SHUQI_BASE_URL={url}
+  shuqi admin startup create acme --name "Acme AI"
+  shuqi admin key create acme                         # prints the key once: export KEY=sk-shuqi-...
+  shuqi admin voucher grant acme --kind model --amount 10
+  curl {url}/v1/chat/completions -H "Authorization: Bearer $KEY" -H 'content-type: application/json' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hi"}}]}}'
+  python -c 'import os, openai; c = openai.OpenAI(base_url="{url}/v1", api_key=os.environ["KEY"]); \\
+print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Say hi"}}]))'
+  shuqi admin balance acme
+
+Ctrl-C stops everything.
+"""
+
+
+async def _race(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """Run `work` unless `stop` fires first (then cancel it and return None)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+def _install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def run_up(settings: UpSettings, config: ModelConfig | None = None) -> int:
+    """Run the embedded stack until SIGINT/SIGTERM; the exit code."""
+    config = config or load_config(settings.models_path)
+    specs = [config.get(name) for name in config.up]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    stop = asyncio.Event()
+    _install_stop_signals(stop)
+    code = 0
+    tree: dict[int, bytes] = {}
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            code = await _bring_up(settings, specs, stop, stack)
+            if code == 0:
+                await stop.wait()
+                print("shuqi: stopping", file=sys.stderr, flush=True)
+            # Taken before anything stops: a process whose parent dies first is reparented and would
+            # no longer show below us (Ray's dashboard leaves a forkserver like that for a moment).
+            tree = snapshot_tree(os.getpid())
+    finally:
+        tree.update(snapshot_tree(os.getpid()))
+        killed = await finish_tree(tree)
+        if killed:
+            logger.warning("killed %d processes still alive after shutdown", len(killed))
+    return code
+
+
+async def _bring_up(
+    settings: UpSettings, specs: list[ModelSpec], stop: asyncio.Event, stack: contextlib.AsyncExitStack
+) -> int:
+    """Start every part, registering its stop on `stack`; 0 when all runs, 1 if a part failed to start."""
+    store = await open_store(settings.store_url(), data_dir=settings.data_dir)
+    stack.push_async_callback(store.close)
+    seeded = await seed_prices(store, specs)
+    logger.info("prices seeded from the model config: %s", seeded)
+
+    # ray.init blocks for seconds; a thread keeps the loop (and the signal handlers) responsive.
+    dashboard_url = await asyncio.to_thread(_start_ray, settings)
+    stack.push_async_callback(asyncio.to_thread, _stop_ray)
+    if stop.is_set():
+        return 0
+    try:
+        handles = await _race(_start_workers(specs, settings), stop)
+    except (RuntimeError, TimeoutError) as exc:
+        cause = getattr(exc, "cause", None) or exc  # Ray wraps the actor's own error
+        print(f"shuqi: a worker failed to start: {cause}", file=sys.stderr, flush=True)
+        return 1
+    if handles is None:
+        return 0
+    stack.push_async_callback(_stop_workers, handles)
+    await _start_scheduler(store, dashboard_url)
+
+    server = _gateway_server(settings)
+    if server is not None:
+        serving = asyncio.create_task(_serve(server, stop))
+        stack.push_async_callback(_stop_gateway, server, serving)
+        ready = asyncio.ensure_future(server.ready.wait())
+        await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if not server.ready.is_set():
+            return 1
+    print(banner(settings, [s.name for s in specs], dashboard_url), flush=True)
+    return 0
+
+
+async def _serve(server: _EmbeddedServer, stop: asyncio.Event) -> None:
+    try:
+        await server.serve()
+    except SystemExit:
+        # uvicorn exits the process when it cannot bind; here that means the stack cannot serve.
+        print("shuqi: the gateway could not start (is the port taken?)", file=sys.stderr, flush=True)
+        stop.set()
+
+
+async def _stop_gateway(server: _EmbeddedServer, serving: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(serving, 15.0)
+
+
+def up_main() -> int:
+    """Entry point of `shuqi up`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe otherwise
+    return asyncio.run(run_up(UpSettings.from_env()))

@@ -1,0 +1,87 @@
+"""Fixtures for worker tests: one local Ray cluster with logical GPUs for the session, a system-clock store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from vouchers.factory import open_store
+from vouchers.store import Store
+from workers.engine import ModelSpec
+from workers.service import WorkerSettings
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """A local Ray head with 4 logical GPUs and 2 CPUs (ray.init picks a free GCS port, never 6379)."""
+    import ray
+
+    ray.init(
+        num_gpus=4,
+        num_cpus=2,
+        include_dashboard=False,
+        namespace="shuqi-tests",
+        log_to_driver=False,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def ledger_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+@pytest.fixture
+async def system_store(ledger_url: str, tmp_path: Path) -> AsyncIterator[Store]:
+    """A SQLite store on the wall clock: workers heartbeat from other processes with real time."""
+    store = await open_store(ledger_url, data_dir=tmp_path)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def worker_settings(ledger_url: str, tmp_path: Path) -> WorkerSettings:
+    return WorkerSettings(
+        store_url=ledger_url,
+        data_dir=tmp_path,
+        heartbeat_ttl_s=5.0,
+        check_interval_s=0.25,
+        health_timeout_s=60.0,
+        max_restarts=2,
+    )
+
+
+def smollm2(name: str = "smollm2-135m", **changes: object) -> ModelSpec:
+    """The bundled SmolLM2 on llama.cpp, small context, priced so charges are visible."""
+    fields: dict[str, object] = {
+        "name": name,
+        "engine": "llamacpp",
+        "model": "bundled:smollm2",
+        "max_model_len": 1024,
+        "input_per_1m": "3",
+        "output_per_1m": "7",
+    }
+    fields.update(changes)
+    return ModelSpec(**fields)  # type: ignore[arg-type]
+
+
+async def wait_until(predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.05) -> float:
+    """Poll an async or sync predicate until true; seconds it took, or fail the test at the timeout."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return time.monotonic() - start
+        await asyncio.sleep(interval_s)
+    pytest.fail(f"condition not met within {timeout_s}s")
