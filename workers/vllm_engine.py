@@ -7,8 +7,10 @@ setting, and a spec with no GPUs gets the CPU backend's flags and variables.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -109,7 +111,7 @@ class VllmEngine:
     def environment(self, spec: ModelSpec, *, data_dir: Path) -> dict[str, str]:
         """Caches and temporary files under the data dir; the CPU backend's settings when there is no GPU."""
         cache = data_dir / "vllm"
-        tmp = cache / "tmp"
+        tmp = _short_tmp(cache / "tmp")
         # TMPDIR must exist or Python silently falls back to /tmp.
         tmp.mkdir(parents=True, exist_ok=True)
         env = {"VLLM_CACHE_ROOT": str(cache / "cache"), "TMPDIR": str(tmp), "VLLM_NO_USAGE_STATS": "1"}
@@ -147,3 +149,15 @@ def _gauge_samples(text: str) -> Mapping[str, list[float]]:
             if sample.name in wanted:
                 found.setdefault(sample.name, []).append(float(sample.value))
     return found
+
+
+# vLLM binds ZeroMQ sockets at TMPDIR/<uuid>; a Unix socket path holds at most 107 bytes.
+_MAX_TMP_LEN = 64
+
+
+def _short_tmp(wanted: Path) -> Path:
+    """`wanted`, or a short directory under the system temp dir named after it when it is too deep."""
+    if len(str(wanted)) <= _MAX_TMP_LEN:
+        return wanted
+    digest = hashlib.sha1(str(wanted).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"shuqi-vllm-{digest}"

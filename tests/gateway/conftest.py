@@ -101,7 +101,7 @@ async def register(store: Store, upstream: FakeUpstream, *, worker_id: str = "w1
     return record
 
 
-async def eventually(predicate: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
+async def eventually(predicate: Callable[[], Awaitable[bool]], timeout_s: float = 30.0) -> None:
     """Wait for something another server does in its own time (not a timed assertion: it fails only if never)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not await predicate():

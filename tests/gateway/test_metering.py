@@ -100,6 +100,12 @@ async def test_upstream_breaking_mid_stream_ends_with_an_error_event_and_charges
             if chunk.choices and chunk.choices[0].delta.content:
                 seen += 1
     assert seen == 4
+
+    async def settled() -> bool:
+        # The gateway settles as the stream ends, which may be just after the client saw the error event.
+        return Decimal((await gateway.balance("acme"))["held"]) == 0
+
+    await eventually(settled)
     b = await gateway.balance("acme")
     assert b["spent"] == "4" and b["held"] == "0"
     _consistent(b)
