@@ -142,7 +142,8 @@ def extend(
         try:
             allocations = _allocate(conn, now, row[1], Kind(row[2]), add_amount)
         except InsufficientQuota as refused:
-            return refused  # as in reserve: keep the release of expired holds
+            # As in reserve: returned, to keep the release of expired holds. The param names extend's argument.
+            return InsufficientQuota(refused.message, param="add_amount")
         for voucher_id, part in allocations:
             conn.execute(
                 "INSERT INTO hold_allocations (hold_id, voucher_id, amount) VALUES (?, ?, ?)"

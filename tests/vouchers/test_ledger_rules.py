@@ -9,7 +9,7 @@ from vouchers.errors import Conflict, InsufficientQuota, InvalidRequest, NotFoun
 from vouchers.keys import hash_secret, new_id, new_secret
 from vouchers.models import ApiKey, ChargeRef, HoldStatus, Limits, Price, WorkerRecord
 from vouchers.store import Store
-from vouchers.units import Kind
+from vouchers.units import MAX_AMOUNT, Kind
 
 M = Kind.MODEL
 C = Kind.COMPUTE
@@ -260,6 +260,18 @@ async def test_settle_same_key_charges_once(store: Store) -> None:
     assert await figures(store) == (100, 10, 40, 50)
 
 
+async def test_settle_with_an_empty_key_charges_once(store: Store) -> None:
+    # "" is a key like any other: Redis once took it for "no key" and charged a retried chunk twice.
+    await acme(store)
+    await store.grant("acme", M, 100)
+    hold = await store.reserve("acme", M, 50, ttl_s=30, idempotency_key="k")
+    first = await store.settle(hold.id, 10, ref(), final=False, idempotency_key="")
+    again = await store.settle(hold.id, 10, ref(), final=False, idempotency_key="")
+    assert again.seq == first.seq
+    assert await figures(store) == (100, 10, 40, 50)
+    assert len(await store.journal("acme")) == 1
+
+
 async def test_settle_zero_frees_the_hold(store: Store) -> None:
     await acme(store)
     await store.grant("acme", M, 100)
@@ -332,11 +344,37 @@ async def test_extend_is_all_or_nothing(store: Store) -> None:
     await acme(store)
     await store.grant("acme", M, 100)
     hold = await store.reserve("acme", M, 80, ttl_s=30, idempotency_key="k")
-    with pytest.raises(InsufficientQuota):
+    with pytest.raises(InsufficientQuota) as refused:
         await store.extend(hold.id, ttl_s=300, add_amount=21)
+    assert refused.value.param == "add_amount"
     unchanged = await store.get_hold(hold.id)
     assert unchanged is not None and unchanged.expires_at == hold.expires_at and unchanged.amount == 80
     assert await figures(store) == (100, 0, 80, 20)
+
+
+async def test_a_hold_grown_past_2_pow_53_keeps_every_unit(store: Store) -> None:
+    # Each voucher stays below 2^53, but a hold over two may not: Redis once summed it in Lua doubles.
+    await acme(store)
+    await store.grant("acme", M, MAX_AMOUNT)
+    await store.grant("acme", M, MAX_AMOUNT)
+    hold = await store.reserve("acme", M, MAX_AMOUNT, ttl_s=30, idempotency_key="k")
+    extended = await store.extend(hold.id, ttl_s=30, add_amount=2)
+    assert extended.amount == MAX_AMOUNT + 2
+    await store.settle(hold.id, MAX_AMOUNT, ref(), final=False, idempotency_key="chunk-1")
+    await store.settle(hold.id, 2, ref())
+    done = await store.get_hold(hold.id)
+    assert done is not None and (done.amount, done.settled) == (MAX_AMOUNT + 2, MAX_AMOUNT + 2)
+
+
+async def test_refusal_counts_what_is_available_exactly_near_2_pow_53(store: Store) -> None:
+    # What a 429 says is available: Redis once added a voucher's amount before its spent and held.
+    await acme(store)
+    await store.grant("acme", M, MAX_AMOUNT, priority=1)
+    await store.reserve("acme", M, 101, ttl_s=30, idempotency_key="k")
+    await store.grant("acme", M, 90)
+    with pytest.raises(InsufficientQuota) as refused:
+        await store.reserve("acme", M, MAX_AMOUNT, ttl_s=30, idempotency_key="all")
+    assert f"{MAX_AMOUNT - 11} available" in refused.value.message
 
 
 async def test_extend_closed_hold_is_a_conflict(store: Store) -> None:

@@ -86,7 +86,8 @@ local function available_before(vs)
   local available = 0
   for _, v in ipairs(vs) do
     if v.in_force then
-      available = available + v.amount - v.spent - (v.held - v.dheld)
+      -- Each voucher's free part first: `available + v.amount` alone may pass 2^53 and lose units.
+      available = available + (v.amount - v.spent - (v.held - v.dheld))
     end
   end
   return available

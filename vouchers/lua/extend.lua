@@ -2,7 +2,7 @@
 -- KEYS: 1 hold hash, 2 startup open holds, 3 live voucher set (kind)
 -- ARGV: 1 voucher prefix, 2 now, 3 new expires_at, 4 amount to add, 5 hold id, 6 hold prefix
 -- Returns {'ok', hold fields...} | {'notfound'} | {'closed', status} | {'expired'} | {'insufficient', available}
-local f = redis.call('HMGET', KEYS[1], 'status', 'allocations', 'amount', 'expires_at')
+local f = redis.call('HMGET', KEYS[1], 'status', 'allocations', 'expires_at')
 if not f[1] then
   return {'notfound'}
 end
@@ -10,7 +10,7 @@ if f[1] ~= 'open' then
   return {'closed', f[1]}
 end
 local now = tonumber(ARGV[2])
-if tonumber(f[4]) <= now then
+if tonumber(f[3]) <= now then
   return {'expired'}
 end
 local add = tonumber(ARGV[4])
@@ -36,7 +36,9 @@ if add > 0 then
   for _, v in ipairs(keyed) do
     table.insert(sorted, {v.id, v.share})
   end
-  redis.call('HSET', KEYS[1], 'allocations', encode_pairs(sorted), 'amount', fmt(tonumber(f[3]) + add))
+  redis.call('HSET', KEYS[1], 'allocations', encode_pairs(sorted))
+  -- In 64-bit integers: a hold grown by extends may pass 2^53, where doubles skip units.
+  redis.call('HINCRBY', KEYS[1], 'amount', ARGV[4])
 end
 redis.call('HSET', KEYS[1], 'expires_at', ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])

@@ -1,19 +1,21 @@
 -- Debit `actual` against a hold: its own allocations first, then free capacity, the rest is overage.
 -- KEYS: 1 hold hash, 2 startup open holds, 3 settle idempotency hash, 4 journal seq counter,
 --       5 journal lines hash, 6 journal index (startup), 7 usage totals hash, 8 live voucher set (kind)
--- ARGV: 1 voucher prefix, 2 now, 3 actual, 4 final ('1'/'0'), 5 idempotency key ('' for a final settle
---       without one: the hold itself remembers its final line),
+-- ARGV: 1 voucher prefix, 2 now, 3 actual, 4 final ('1'/'0'), 5 idempotency key,
 --       6 line tail (the line's fixed fields, encoded by the caller), 7 usage field prefix,
---       8 prompt tokens, 9 completion tokens, 10 hold id
+--       8 prompt tokens, 9 completion tokens, 10 hold id,
+--       11 whether there is a key ('1'/'0'; a final settle without one is found through the hold, which
+--       remembers its final line). A flag, not an empty ARGV[5]: '' is a key like any other.
 -- A journal line is stored as "seq|amount|overage|breakdown|tail".
 -- Returns {'ok', line} | {'notfound'}
-local hold = redis.call('HMGET', KEYS[1], 'status', 'allocations', 'final_seq', 'settled')
+local hold = redis.call('HMGET', KEYS[1], 'status', 'allocations', 'final_seq')
 if not hold[1] then
   return {'notfound'}
 end
 local final = ARGV[4] == '1'
+local keyed = ARGV[11] == '1'
 local prior = false
-if ARGV[5] ~= '' then
+if keyed then
   prior = redis.call('HGET', KEYS[3], ARGV[5])
 end
 if not prior and final and hold[3] then
@@ -76,7 +78,7 @@ local seq = redis.call('INCR', KEYS[4])
 local line = table.concat({seq, fmt(amount), fmt(need), encode_pairs(debits), ARGV[6]}, '|')
 redis.call('HSET', KEYS[5], seq, line)
 redis.call('ZADD', KEYS[6], ARGV[2], seq)
-if ARGV[5] ~= '' then
+if keyed then
   redis.call('HSET', KEYS[3], ARGV[5], seq)
 end
 redis.call('HINCRBY', KEYS[7], ARGV[7] .. 'amount', fmt(amount))
@@ -87,7 +89,8 @@ if ARGV[9] ~= '0' then
   redis.call('HINCRBY', KEYS[7], ARGV[7] .. 'completion_tokens', ARGV[9])
 end
 
-local settled = fmt(tonumber(hold[4]) + amount)
+-- HINCRBY adds in 64-bit integers: a hold's running total may pass 2^53, where doubles skip units.
+redis.call('HINCRBY', KEYS[1], 'settled', fmt(amount))
 if final then
   if open then
     -- Whatever the hold still holds goes back, including allocations on vouchers no longer in force.
@@ -99,14 +102,12 @@ if final then
     redis.call('ZREM', KEYS[2], ARGV[10])
   end
   -- A released (or reaped) hold that is settled late counts as settled too.
-  redis.call('HSET', KEYS[1], 'status', 'settled', 'allocations', '', 'settled', settled, 'final_seq', seq)
+  redis.call('HSET', KEYS[1], 'status', 'settled', 'allocations', '', 'final_seq', seq)
 elseif open then
   local kept = {}
   for _, p in ipairs(parse_pairs(hold[2])) do
     table.insert(kept, {p[1], alloc[p[1]]})
   end
-  redis.call('HSET', KEYS[1], 'allocations', encode_pairs(kept), 'settled', settled)
-else
-  redis.call('HSET', KEYS[1], 'settled', settled)
+  redis.call('HSET', KEYS[1], 'allocations', encode_pairs(kept))
 end
 return {'ok', line}
