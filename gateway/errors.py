@@ -61,10 +61,15 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
                     headers=dict(exc.headers or {}))
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
+def unexpected_error(request: Request) -> Response:
+    """Log the exception being handled and answer 500 in the OpenAI shape, without any detail."""
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     body = {"error": {"message": "internal error", "type": "server_error", "param": None, "code": "internal_error"}}
     return Response(orjson.dumps(body), status_code=500, media_type="application/json")
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    return unexpected_error(request)
 
 
 def install(app: FastAPI) -> None:

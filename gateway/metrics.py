@@ -32,6 +32,22 @@ class ServiceMetrics:
                               ["model"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.overhead = Histogram("shuqi_gateway_overhead_seconds", "Time the gateway adds around the upstream call",
                                   ["model"], buckets=_OVERHEAD_BUCKETS, registry=self.registry)
+        # Children by label values: `labels()` validates and locks on every call, a cost paid per request.
+        self._counted: dict[tuple[str, str, str], Counter] = {}
+        self._timed: dict[str, tuple[Histogram, Histogram]] = {}
+
+    def observe(self, startup: str, model: str, code: int, total_s: float, overhead_s: float) -> None:
+        """Count one answered request with its duration and the gateway's overhead."""
+        key = (startup, model, str(code))
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self._counted[key] = self.requests.labels(*key)
+        counter.inc()
+        timed = self._timed.get(model)
+        if timed is None:
+            timed = self._timed[model] = (self.duration.labels(model), self.overhead.labels(model))
+        timed[0].observe(total_s)
+        timed[1].observe(overhead_s)
 
 
 class _Snapshot:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
@@ -177,6 +178,11 @@ async def my_usage(request: Request) -> Response:
         limit = int(query["limit"])
     lines = await gw.store.journal(caller.startup_id, since=since, until=until, limit=limit)
     return _json({"object": "list", "data": [wire.journal_line(line) for line in lines]})
+
+
+def metered_handlers() -> dict[str, Callable[[Request], Awaitable[Response]]]:
+    """The POST endpoints the app serves ahead of its router (same handlers as in `routes`)."""
+    return {"/v1/chat/completions": chat_completions, "/v1/completions": completions, "/v1/embeddings": embeddings}
 
 
 def routes() -> list[Route]:

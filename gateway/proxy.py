@@ -110,7 +110,7 @@ class Exchange:
         workers = self.gw.workers
         url_tail = "/v1/" + self.parsed.endpoint.value
         # No x-request-id upstream: llama-cpp-python's server answers 400 to any id that is not a UUID.
-        headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        # The JSON content type and identity encoding are the session's default headers (gateway.upstream).
         while len(tried) < _MAX_ATTEMPTS:
             worker = workers.pick(self.replicas, tried)
             if worker is None:
@@ -120,7 +120,7 @@ class Exchange:
             t0 = time.perf_counter()
             self._sent_at = self._sent_at or t0
             try:
-                resp = await self.gw.client.post(worker.url.rstrip("/") + url_tail, data=body, headers=headers)
+                resp = await self.gw.client.post(worker.url.rstrip("/") + url_tail, data=body)
                 first = await self._first_bytes(resp)
             except STREAM_ERRORS as exc:
                 if not failed_before_answer(exc):
@@ -267,11 +267,7 @@ class Exchange:
                 log.exception("release failed", extra={"request_id": self.request_id, "startup": self.startup_id})
 
     def _observe(self, code: int) -> None:
-        metrics = self.gw.metrics
-        model = self.parsed.model
         total = time.perf_counter() - self.started
-        metrics.requests.labels(self.startup_id, model, str(code)).inc()
-        metrics.duration.labels(model).observe(total)
         # Unary: everything but the upstream call. Streams: what came before the upstream was asked.
         overhead = total - self._upstream_s if not self.parsed.stream else self._sent_at - self.started
-        metrics.overhead.labels(model).observe(max(overhead, 0.0))
+        self.gw.metrics.observe(self.startup_id, self.parsed.model, code, total, max(overhead, 0.0))

@@ -20,8 +20,11 @@ def open_session(*, max_connections: int, connect_timeout_s: float, read_timeout
                                      use_dns_cache=True)
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=read_timeout_s)
     # auto_decompress off: bytes are relayed as the replica sent them (we ask for identity anyway).
+    # Every call sends JSON, so the headers are the session's defaults rather than a dict merged per request.
+    # No cookie jar: replicas set none, and one jar shared by every tenant's requests would be wrong anyway.
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False, trust_env=False,
-                                 skip_auto_headers=("User-Agent",))
+                                 skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar(),
+                                 headers={"Content-Type": "application/json", "Accept-Encoding": "identity"})
 
 
 def failed_before_answer(exc: BaseException) -> bool:
