@@ -136,16 +136,6 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def kill_descendants(pid: int) -> list[int]:
-    """SIGKILL whatever is still alive below `pid`; the pids it signalled."""
-    killed = []
-    for child in descendants(pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(child, signal.SIGKILL)
-            killed.append(child)
-    return killed
-
-
 def snapshot_tree(pid: int) -> dict[int, bytes]:
     """The live descendants of `pid` with their start times, to find them again once reparented."""
     found = {}

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from workers.process import EngineProcess, descendants, kill_descendants
+from workers.process import EngineProcess, descendants, finish_tree, snapshot_tree
 
 
 def _alive(pid: int) -> bool:
@@ -98,8 +97,13 @@ def test_engine_dies_when_its_parent_is_killed(tmp_path: Path) -> None:
     assert _wait_until_sync(lambda: not _alive(engine_pid))
 
 
-def test_kill_descendants_sweeps_leftovers() -> None:
-    child = subprocess.Popen(["sleep", "300"])
-    assert child.pid in descendants(os.getpid())
-    assert child.pid in kill_descendants(os.getpid())
-    assert child.wait(timeout=5) == -signal.SIGKILL
+async def test_finish_tree_sweeps_leftovers_even_once_reparented() -> None:
+    # Only a subtree this test owns: sweeping the test process's own tree would kill the session's Ray.
+    shell = await asyncio.create_subprocess_exec("sh", "-c", "sleep 300 & wait")
+    assert await _wait_until(lambda: len(descendants(shell.pid)) == 1)
+    tree = snapshot_tree(shell.pid)
+    [sleeper] = tree
+    shell.kill()  # the sleeper is reparented and no longer below the shell
+    await shell.wait()
+    assert await finish_tree(tree, grace_s=0.2) == [sleeper]
+    assert _wait_until_sync(lambda: not _alive(sleeper))
