@@ -14,6 +14,7 @@ Run: python benchmarks/fake_upstream.py --port 9100 [--chunks 19]
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -123,12 +124,12 @@ class FakeUpstream:
             await _respond(send, 400, b'{"error": {"message": "bad json"}}')
             return
         if request.get("stream"):
-            await self._stream(send, _chunks(request, self.default_chunks))
+            await self._stream(send, _chunks(request, self.default_chunks), _interval_s(request))
         else:
             await _respond(send, 200, self._body)
         self.served += 1
 
-    async def _stream(self, send: Send, chunks: int) -> None:
+    async def _stream(self, send: Send, chunks: int, interval_s: float = 0.0) -> None:
         await send(
             {
                 "type": "http.response.start",
@@ -138,10 +139,18 @@ class FakeUpstream:
         )
         for _ in range(chunks - 1):
             await send({"type": "http.response.body", "body": self._chunk, "more_body": True})
+            if interval_s:
+                await asyncio.sleep(interval_s)
         await send({"type": "http.response.body", "body": self._last, "more_body": True})
         usage = self._usage.get(chunks) or self._usage.setdefault(chunks, _usage_event(chunks))
         await send({"type": "http.response.body", "body": usage, "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+def _interval_s(request: dict[str, Any]) -> float:
+    """Pause between chunks asked by the benchmark (`x_chunk_interval_ms`), at most 100 ms."""
+    wanted = request.get("x_chunk_interval_ms") or 0
+    return max(0.0, min(float(wanted), 100.0)) / 1000
 
 
 def _chunks(request: dict[str, Any], default: int) -> int:
