@@ -44,6 +44,10 @@ class AuthenticationError(ShuqiError):
     code = "invalid_api_key"
 
 
+# What a caller with an unknown or revoked key is told (the two are not told apart).
+BAD_KEY = "Incorrect API key provided."
+
+
 class PermissionDenied(ShuqiError):
     status = 403
     type = "invalid_request_error"

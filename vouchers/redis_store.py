@@ -19,7 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from vouchers.clock import Clock
-from vouchers.errors import Conflict, InsufficientQuota, InvalidRequest, NotFound
+from vouchers.errors import BAD_KEY, AuthenticationError, Conflict, InsufficientQuota, InvalidRequest, NotFound
 from vouchers.keys import new_id
 from vouchers.models import (
     ApiKey,
@@ -309,7 +309,8 @@ class RedisStore:
         return startup_id, KINDS[kind]
 
     async def reserve(
-        self, startup_id: str, kind: Kind, amount: int, *, ttl_s: float, idempotency_key: str
+        self, startup_id: str, kind: Kind, amount: int, *, ttl_s: float, idempotency_key: str,
+        key_id: str | None = None,
     ) -> Hold:
         """Hold `amount` atomically or raise InsufficientQuota; same key returns the first hold."""
         check_amount(amount, "amount")
@@ -320,7 +321,8 @@ class RedisStore:
         sk = self._sk(startup_id)
         reply = await self._scripts.run(
             "reserve",
-            [sk.live(kind), sk.open_holds, sk.hold_idempotency, self.keys.hold_owner, sk.hold(hold_id)],
+            [sk.live(kind), sk.open_holds, sk.hold_idempotency, self.keys.hold_owner, sk.hold(hold_id),
+             self.keys.keys_revoked],
             [
                 sk.voucher_prefix,
                 sk.hold_prefix,
@@ -331,8 +333,11 @@ class RedisStore:
                 hold_id,
                 f"{kind}:{startup_id}",
                 hold_info(hold_id, startup_id, kind, idempotency_key, now),
+                key_id or "",
             ],
         )
+        if reply[0] == "revoked":
+            raise AuthenticationError(BAD_KEY)
         if reply[0] == "insufficient":
             raise InsufficientQuota(
                 f"not enough {kind.value} quota: {amount} requested, {reply[1]} available", param="amount"
@@ -546,7 +551,7 @@ class RedisStore:
         return Limits() if record is None else Limits(**json.loads(record))
 
     async def rate_limit(
-        self, startup_id: str, limits: Limits, *, requests: int, tokens: int
+        self, startup_id: str, limits: Limits, *, requests: int, tokens: int, key_id: str | None = None
     ) -> RateDecision:
         """Count a request against per-minute windows shared by every replica; counts only if allowed."""
         now = self._clock.now()
@@ -554,17 +559,21 @@ class RedisStore:
         reset_s = window + WINDOW_S - now
         if limits.rpm is None and limits.tpm is None:
             return RateDecision(True, None, None, None, None, reset_s)
-        allowed, counted_r, counted_t = await self._scripts.run(
+        reply = await self._scripts.run(
             "rate_limit",
-            [self.keys.rate_window(startup_id, window)],
+            [self.keys.rate_window(startup_id, window), self.keys.keys_revoked],
             [
                 "" if limits.rpm is None else str(limits.rpm),
                 "" if limits.tpm is None else str(limits.tpm),
                 str(requests),
                 str(tokens),
                 str(2 * WINDOW_S * 1000),
+                key_id or "",
             ],
         )
+        if reply[0] == "revoked":
+            raise AuthenticationError(BAD_KEY)
+        allowed, counted_r, counted_t = reply
         ok = bool(int(allowed))
         return RateDecision(
             allowed=ok,

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from vouchers.errors import Conflict, InsufficientQuota, InvalidRequest, NotFound
+from vouchers.errors import BAD_KEY, AuthenticationError, Conflict, InsufficientQuota, InvalidRequest, NotFound
 from vouchers.models import (
     Balance,
     ChargeRef,
@@ -88,12 +88,23 @@ def check_ttl(ttl_s: float) -> None:
 # holds
 
 
+def key_revoked(conn: sqlite3.Connection, key_id: str | None) -> bool:
+    """True when `key_id` is given and names a revoked key."""
+    if key_id is None:
+        return False
+    row = conn.execute("SELECT revoked_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+    return row is not None and row[0] is not None
+
+
 def reserve(
-    conn: sqlite3.Connection, now: float, startup_id: str, kind: Kind, amount: int, ttl_s: float, idempotency_key: str
-) -> Hold | InsufficientQuota:
-    """Hold `amount` over vouchers in force in burn order; InsufficientQuota is returned for the caller to raise."""
+    conn: sqlite3.Connection, now: float, startup_id: str, kind: Kind, amount: int, ttl_s: float, idempotency_key: str,
+    key_id: str | None = None,
+) -> Hold | InsufficientQuota | AuthenticationError:
+    """Hold `amount` over vouchers in force in burn order; the refusal is returned for the caller to raise."""
     check_amount(amount, "amount")
     check_ttl(ttl_s)
+    if key_revoked(conn, key_id):
+        return AuthenticationError(BAD_KEY)
     row = conn.execute(
         f"SELECT {HOLD_COLUMNS} FROM holds WHERE startup_id = ? AND idempotency_key = ?", (startup_id, idempotency_key)
     ).fetchone()

@@ -14,7 +14,7 @@ from typing import Any
 
 from vouchers import sqlite_ledger as ledger
 from vouchers.clock import Clock
-from vouchers.errors import Conflict, InsufficientQuota, InvalidRequest, NotFound
+from vouchers.errors import BAD_KEY, AuthenticationError, Conflict, InsufficientQuota, InvalidRequest, NotFound
 from vouchers.keys import new_id
 from vouchers.models import (
     ApiKey,
@@ -194,14 +194,16 @@ class SqliteStore:
 
     # holds
 
-    async def reserve(self, startup_id: str, kind: Kind, amount: int, *, ttl_s: float, idempotency_key: str) -> Hold:
+    async def reserve(self, startup_id: str, kind: Kind, amount: int, *, ttl_s: float, idempotency_key: str,
+                      key_id: str | None = None) -> Hold:
         """Hold `amount` atomically or raise InsufficientQuota; same key returns the first hold."""
         kind = Kind(kind)
         outcome = await self._runner.run(
-            lambda conn: ledger.reserve(conn, self._clock.now(), startup_id, kind, amount, ttl_s, idempotency_key),
+            lambda conn: ledger.reserve(conn, self._clock.now(), startup_id, kind, amount, ttl_s, idempotency_key,
+                                        key_id),
             write=True,
         )
-        if isinstance(outcome, InsufficientQuota):
+        if isinstance(outcome, InsufficientQuota | AuthenticationError):
             raise outcome
         return outcome
 
@@ -306,11 +308,16 @@ class SqliteStore:
         row = await self._read_one("SELECT rpm, tpm FROM limits WHERE startup_id = ?", (startup_id,))
         return Limits() if row is None else Limits(*row)
 
-    async def rate_limit(self, startup_id: str, limits: Limits, *, requests: int, tokens: int) -> RateDecision:
+    async def rate_limit(self, startup_id: str, limits: Limits, *, requests: int, tokens: int,
+                         key_id: str | None = None) -> RateDecision:
         """Count a request against per-minute windows shared by every replica; counts only if allowed."""
-        return await self._runner.run(
-            lambda conn: _rate_limit(conn, self._clock.now(), startup_id, limits, requests, tokens), write=True
+        outcome = await self._runner.run(
+            lambda conn: AuthenticationError(BAD_KEY) if ledger.key_revoked(conn, key_id)
+            else _rate_limit(conn, self._clock.now(), startup_id, limits, requests, tokens), write=True
         )
+        if isinstance(outcome, AuthenticationError):
+            raise outcome
+        return outcome
 
     # worker registry
 

@@ -97,9 +97,15 @@ class Store(Protocol):
 
     # holds
     async def reserve(
-        self, startup_id: str, kind: Kind, amount: int, *, ttl_s: float, idempotency_key: str
+        self, startup_id: str, kind: Kind, amount: int, *, ttl_s: float, idempotency_key: str,
+        key_id: str | None = None,
     ) -> Hold:
-        """Hold `amount` atomically or raise InsufficientQuota; same key returns the first hold."""
+        """Hold `amount` atomically or raise InsufficientQuota; same key returns the first hold.
+
+        With `key_id`, the API key must not be revoked, checked in the same atomic step (else
+        AuthenticationError and nothing changes): a gateway that remembers which startup a key belongs to
+        admits a request in one call and a revocation still stops the very next one.
+        """
         ...
 
     async def extend(self, hold_id: str, *, ttl_s: float, add_amount: int = 0) -> Hold:
@@ -163,9 +169,12 @@ class Store(Protocol):
     async def get_limits(self, startup_id: str) -> Limits: ...
 
     async def rate_limit(
-        self, startup_id: str, limits: Limits, *, requests: int, tokens: int
+        self, startup_id: str, limits: Limits, *, requests: int, tokens: int, key_id: str | None = None
     ) -> RateDecision:
-        """Count a request against per-minute windows shared by every replica; counts only if allowed."""
+        """Count a request against per-minute windows shared by every replica; counts only if allowed.
+
+        With `key_id`, a revoked key counts nothing and raises AuthenticationError (as in `reserve`).
+        """
         ...
 
     # worker registry

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vouchers.clock import ManualClock
-from vouchers.errors import Conflict, InsufficientQuota, InvalidRequest, NotFound
+from vouchers.errors import AuthenticationError, Conflict, InsufficientQuota, InvalidRequest, NotFound
 from vouchers.keys import hash_secret, new_id, new_secret
 from vouchers.models import ApiKey, ChargeRef, HoldStatus, Limits, Price, WorkerRecord
 from vouchers.store import Store
@@ -73,6 +73,31 @@ async def test_keys_by_hash_and_revocation(store: Store, clock: ManualClock) -> 
         await store.revoke_key("key_unknown")
     with pytest.raises(NotFound):
         await store.add_key(ApiKey(new_id("key"), "nobody", "x", hash_secret(new_secret()), "sk", clock.now()))
+
+
+async def test_admission_checks_a_remembered_key_in_the_same_step(store: Store, clock: ManualClock) -> None:
+    await acme(store)
+    await store.grant("acme", M, 100)
+    key = ApiKey(new_id("key"), "acme", "ci", hash_secret(new_secret()), "sk", clock.now())
+    await store.add_key(key)
+    limits = Limits(rpm=10)
+    hold = await store.reserve("acme", M, 10, ttl_s=60, idempotency_key="a", key_id=key.id)
+    assert hold.amount == 10
+    decision = await store.rate_limit("acme", limits, requests=1, tokens=5, key_id=key.id)
+    assert decision.allowed and decision.remaining_requests == 9
+
+    await store.revoke_key(key.id)
+    before = await store.balance("acme")
+    with pytest.raises(AuthenticationError):
+        await store.reserve("acme", M, 10, ttl_s=60, idempotency_key="b", key_id=key.id)
+    with pytest.raises(AuthenticationError):  # not even a replay of an earlier hold
+        await store.reserve("acme", M, 10, ttl_s=60, idempotency_key="a", key_id=key.id)
+    with pytest.raises(AuthenticationError):
+        await store.rate_limit("acme", limits, requests=1, tokens=5, key_id=key.id)
+    assert await store.balance("acme") == before
+    counted = await store.rate_limit("acme", limits, requests=1, tokens=5)  # the refused call counted nothing
+    assert counted.remaining_requests == 8
+    assert (await store.reserve("acme", M, 10, ttl_s=60, idempotency_key="c")).amount == 10  # no key: no check
 
 
 async def test_grant_and_balance(store: Store) -> None:

@@ -1,7 +1,11 @@
 -- Count a request in a startup's fixed one-minute window, only if it fits both limits.
--- KEYS: 1 window hash
--- ARGV: 1 rpm ('' for none), 2 tpm ('' for none), 3 requests, 4 tokens, 5 window lifetime (ms, cleanup only)
--- Returns {allowed (0/1), requests counted, tokens counted}
+-- KEYS: 1 window hash, 2 revoked keys hash
+-- ARGV: 1 rpm ('' for none), 2 tpm ('' for none), 3 requests, 4 tokens, 5 window lifetime (ms, cleanup only),
+--       6 API key id that must not be revoked ('' for no check)
+-- Returns {allowed (0/1), requests counted, tokens counted} | {'revoked'}
+if ARGV[6] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[6]) == 1 then
+  return {'revoked'}
+end
 local f = redis.call('HMGET', KEYS[1], 'requests', 'tokens')
 local reqs = tonumber(f[1] or '0')
 local toks = tonumber(f[2] or '0')
