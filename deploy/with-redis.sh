@@ -18,7 +18,16 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 dir=$(mktemp -d)
 redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$dir" \
   --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
-cleanup() { kill "$(cat "$dir/redis.pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$dir"; }
+cleanup() {
+  local pid
+  pid=$(cat "$dir/redis.pid" 2>/dev/null || true)
+  if [ -n "$pid" ]; then
+    kill "$pid" 2>/dev/null || true
+    # Redis writes its log until it is gone; removing the directory before that fails.
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  rm -rf "$dir" || true
+}
 trap cleanup EXIT
 for _ in $(seq 50); do
   redis-cli -p "$port" ping >/dev/null 2>&1 && break

@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import admin, errors, metrics, openai_api
 from gateway.context import Gateway, gateway_of
 from gateway.lookups import Lookups
+from gateway.pool import Pool
 from gateway.registry import WorkerTable
 from gateway.settings import GatewaySettings
 from gateway.upstream import open_session
@@ -39,6 +40,19 @@ async def _every(seconds: float, name: str, step: Callable[[], Awaitable[object]
         await asyncio.sleep(seconds)
 
 
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the background loops and wait until they end.
+
+    A step may swallow its cancellation (seen with redis-py 8 while a command was in flight), leaving the
+    loop asleep until its next round; cancelling again each second ends it instead of hanging shutdown.
+    """
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+
+
 @asynccontextmanager
 async def _running(app: FastAPI, settings: GatewaySettings, store: Store | None, clock: Clock) -> AsyncIterator[None]:
     async with AsyncExitStack() as stack:
@@ -50,8 +64,11 @@ async def _running(app: FastAPI, settings: GatewaySettings, store: Store | None,
                               connect_timeout_s=settings.upstream_connect_timeout_s,
                               read_timeout_s=settings.upstream_read_timeout_s)
         stack.push_async_callback(client.close)
+        pool = Pool(max_connections=settings.max_connections, connect_timeout_s=settings.upstream_connect_timeout_s,
+                    read_timeout_s=settings.upstream_read_timeout_s)
+        stack.push_async_callback(pool.close)
         workers = WorkerTable(store, client, health_timeout_s=settings.health_timeout_s)
-        gw = Gateway(settings=settings, store=store, clock=clock, client=client, workers=workers,
+        gw = Gateway(settings=settings, store=store, clock=clock, client=client, pool=pool, workers=workers,
                      lookups=Lookups(store, ttl_s=settings.price_cache_s), metrics=metrics.ServiceMetrics(),
                      admin_token=settings.resolve_admin_token())
         app.state.gateway = gw
@@ -65,9 +82,8 @@ async def _running(app: FastAPI, settings: GatewaySettings, store: Store | None,
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _stop(tasks)
+            await gw.settled()  # charges of answers already sent reach the store before it closes
 
 
 async def healthz(request: Request) -> Response:
@@ -93,6 +109,7 @@ async def healthz(request: Request) -> Response:
 async def metrics_page(request: Request) -> Response:
     """GET /metrics in the Prometheus text format."""
     gw = gateway_of(request)
+    await gw.settled()
     text = await metrics.render(gw.store, gw.metrics, gw.workers.counts(), gw.clock.now())
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -1,4 +1,10 @@
-"""Bearer authentication: startup keys looked up by hash on every request, and the admin token."""
+"""Bearer authentication: startup keys by hash, and the admin token.
+
+A key's record never changes except for its revocation, so each replica remembers which startup a key
+hash belongs to. A remembered key is not trusted as active: the request's first atomic ledger call (rate
+limit or hold) checks the revocation in the same step (`Store.reserve(key_id=...)`), so a revoked key
+stops at its very next request while an active one costs no lookup round trip.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,47 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from vouchers.errors import AuthenticationError
+from vouchers.errors import BAD_KEY, AuthenticationError
 from vouchers.keys import hash_secret
 from vouchers.store import Store
+
+_MAX_REMEMBERED = 100_000
 
 
 @dataclass(frozen=True)
 class Caller:
     startup_id: str
     key_id: str
+    # True when this request read the key from the store and found it active; False when it came from the
+    # replica's memory and its first ledger call must check the revocation (pass `check_key` to the store).
+    verified: bool = True
+
+    @property
+    def check_key(self) -> str | None:
+        """The key id for the store to check, or None when this request already did."""
+        return None if self.verified else self.key_id
+
+
+class KeyBook:
+    """Key hash -> (startup, key id), for keys this replica has seen active. Bounded; never negative."""
+
+    def __init__(self, limit: int = _MAX_REMEMBERED) -> None:
+        self._known: dict[str, tuple[str, str]] = {}
+        self._limit = limit
+
+    def recall(self, digest: str) -> Caller | None:
+        known = self._known.get(digest)
+        return None if known is None else Caller(known[0], known[1], verified=False)
+
+    def learn(self, digest: str, caller: Caller) -> None:
+        if len(self._known) >= self._limit:
+            self._known.clear()  # a rare full reset is cheaper than tracking recency on every request
+        self._known[digest] = (caller.startup_id, caller.key_id)
+
+    def forget(self, key_id: str) -> None:
+        for digest, (_, kid) in list(self._known.items()):
+            if kid == key_id:
+                del self._known[digest]
 
 
 def _bearer(request: Request) -> str | None:
@@ -28,20 +66,37 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
-async def startup_caller(store: Store, request: Request) -> Caller:
+async def startup_caller(store: Store, request: Request, book: KeyBook | None = None) -> Caller:
     """The startup behind the request's key; 401 when the key is missing, unknown or revoked.
 
-    The key is read from the store each time (no cache) so that a revocation stops it at once.
+    Without a `book` the key is read from the store and checked now. With one, a key the replica has
+    seen may come back unverified (see the module docstring).
     """
     secret = _bearer(request)
     if secret is None:
         raise AuthenticationError("You didn't provide an API key. Send it as 'Authorization: Bearer sk-shuqi-...'.")
     digest = hash_secret(secret)
+    if book is not None and (known := book.recall(digest)) is not None:
+        return known
     record = await store.key_by_hash(digest)
     # The lookup is by hash, so timing reveals nothing about the secret; the compare stays constant-time anyway.
     if record is None or not hmac.compare_digest(record.key_hash, digest) or not record.active:
-        raise AuthenticationError("Incorrect API key provided.")
-    return Caller(startup_id=record.startup_id, key_id=record.id)
+        raise AuthenticationError(BAD_KEY)
+    caller = Caller(startup_id=record.startup_id, key_id=record.id)
+    if book is not None:
+        book.learn(digest, caller)
+    return caller
+
+
+async def verified(store: Store, request: Request, caller: Caller, book: KeyBook) -> Caller:
+    """`caller`, checked against the store now if it came from memory; 401 if the key was revoked."""
+    if caller.verified:
+        return caller
+    try:
+        return await startup_caller(store, request)
+    except AuthenticationError:
+        book.forget(caller.key_id)
+        raise
 
 
 def check_admin(request: Request, admin_token: str) -> None:

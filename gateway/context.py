@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from starlette.requests import Request
 
+from gateway.auth import KeyBook
 from gateway.lookups import Lookups
 from gateway.metrics import ServiceMetrics
+from gateway.pool import Pool
 from gateway.registry import WorkerTable
 from gateway.settings import GatewaySettings
 from vouchers.clock import Clock
@@ -20,11 +25,29 @@ class Gateway:
     settings: GatewaySettings
     store: Store
     clock: Clock
-    client: aiohttp.ClientSession
+    client: aiohttp.ClientSession  # health checks and token counts
+    pool: Pool  # the proxied requests
     workers: WorkerTable
     lookups: Lookups
     metrics: ServiceMetrics
     admin_token: str
+    keys: KeyBook = field(default_factory=KeyBook)
+    settling: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def defer(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ledger work after the answer is sent; `settled` waits for it."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.settling.add(task)
+        task.add_done_callback(self.settling.discard)
+
+    async def settled(self) -> None:
+        """Wait until every deferred settle of this replica has reached the store.
+
+        Reads of balances, journals and metrics call this first, so a client that got its answer and then
+        asks what it was charged sees the charge.
+        """
+        while self.settling:
+            await asyncio.gather(*list(self.settling), return_exceptions=True)
 
 
 def gateway_of(request: Request) -> Gateway:

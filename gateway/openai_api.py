@@ -12,12 +12,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import ratelimit, tokens, validation, wire
-from gateway.auth import Caller, startup_caller
+from gateway.auth import Caller, startup_caller, verified
 from gateway.context import Gateway, gateway_of
 from gateway.metering import completion_budget, worst_case
 from gateway.proxy import Exchange
 from gateway.validation import Endpoint, ParsedRequest
-from vouchers.errors import Conflict, InvalidRequest, PayloadTooLarge, ShuqiError
+from vouchers.errors import AuthenticationError, Conflict, InvalidRequest, PayloadTooLarge, ShuqiError
 from vouchers.models import Hold, HoldStatus, Price, WorkerRecord
 from vouchers.units import Kind
 
@@ -71,7 +71,8 @@ async def _reserve(gw: Gateway, caller: Caller, request: Request, request_id: st
     idem = request.headers.get("idempotency-key")
     if idem is None:
         key = f"{caller.startup_id}:req:{request_id}"
-        return await gw.store.reserve(caller.startup_id, Kind.MODEL, amount, ttl_s=ttl, idempotency_key=key)
+        return await gw.store.reserve(caller.startup_id, Kind.MODEL, amount, ttl_s=ttl, idempotency_key=key,
+                                      key_id=caller.check_key)
     if not idem or len(idem) > _MAX_IDEMPOTENCY_KEY:
         raise InvalidRequest(f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters.",
                              param="Idempotency-Key")
@@ -79,7 +80,8 @@ async def _reserve(gw: Gateway, caller: Caller, request: Request, request_id: st
     # so any later retry finds the charged attempt and is never charged again.
     for attempt in range(_IDEMPOTENT_RETRIES):
         key = f"{caller.startup_id}:idem:{idem}#{attempt}"
-        hold = await gw.store.reserve(caller.startup_id, Kind.MODEL, amount, ttl_s=ttl, idempotency_key=key)
+        hold = await gw.store.reserve(caller.startup_id, Kind.MODEL, amount, ttl_s=ttl, idempotency_key=key,
+                                      key_id=caller.check_key)
         if hold.status is not HoldStatus.RELEASED:
             return hold
     raise Conflict("This Idempotency-Key was used by too many failed requests; use a new key.",
@@ -92,30 +94,52 @@ async def _serve(request: Request, endpoint: Endpoint) -> Response:
     request_id = "req_" + secrets.token_hex(12)
     headers = {"x-request-id": request_id}
     startup_id = model = ""
+    caller: Caller | None = None
     try:
-        caller = await startup_caller(gw.store, request)
+        caller = await startup_caller(gw.store, request, gw.keys)
         startup_id = caller.startup_id
-        raw = await read_body(request, gw.settings.max_body_bytes)
-        parsed = validation.parse(raw, endpoint, max_tokens_cap=gw.settings.max_tokens_cap)
-        model = parsed.model
-        replicas = await gw.workers.replicas_for(model, startup_id, embeddings=endpoint is Endpoint.EMBEDDINGS)
-        price = await gw.lookups.price(model)
-        prompt, exact = await _prompt_tokens(gw, replicas, parsed, raw, price)
-        context = max(w.context_length or gw.settings.default_context_length for w in replicas)
-        budget = 0 if endpoint is Endpoint.EMBEDDINGS else completion_budget(parsed.generations, parsed.max_tokens,
-                                                                             context)
-        limits = await gw.lookups.limits(startup_id)
-        # Tokens per minute count a typical prompt size, not the safe bound the hold needs.
-        rate_tokens = (prompt if exact else tokens.rough_estimate(raw)) + budget
-        headers.update(await ratelimit.check(gw.store, startup_id, limits, tokens=rate_tokens))
-        hold = await _reserve(gw, caller, request, request_id, worst_case(prompt, budget, price))
-        exchange = Exchange(gw, startup_id, parsed, request_id, price, hold, prompt, exact, replicas, headers,
-                            started)
+        try:
+            raw = await read_body(request, gw.settings.max_body_bytes)
+            parsed = validation.parse(raw, endpoint, max_tokens_cap=gw.settings.max_tokens_cap)
+            model = parsed.model
+            replicas = await gw.workers.replicas_for(model, startup_id, embeddings=endpoint is Endpoint.EMBEDDINGS)
+        except ShuqiError:
+            await verified(gw.store, request, caller, gw.keys)  # a revoked key hears 401, not what else is wrong
+            raise
+        exchange = await _admit(gw, caller, request, request_id, parsed, raw, replicas, headers, started)
         return await exchange.run()
     except ShuqiError as exc:
+        if isinstance(exc, AuthenticationError) and caller is not None:
+            gw.keys.forget(caller.key_id)
         exc.headers = {**headers, **exc.headers}
         gw.metrics.requests.labels(startup_id, model, str(exc.status)).inc()
         raise
+
+
+async def _admit(gw: Gateway, caller: Caller, request: Request, request_id: str, parsed: ParsedRequest, raw: bytes,
+                 replicas: list[WorkerRecord], headers: dict[str, str], started: float) -> Exchange:
+    """Count the request against the rate limits and hold its worst case: the exchange, ready to run.
+
+    The first of those store calls also checks that a key this replica remembered was not revoked.
+    """
+    startup_id = caller.startup_id
+    price = await gw.lookups.price(parsed.model)
+    prompt, exact = await _prompt_tokens(gw, replicas, parsed, raw, price)
+    context = max(w.context_length or gw.settings.default_context_length for w in replicas)
+    budget = 0 if parsed.endpoint is Endpoint.EMBEDDINGS else completion_budget(parsed.generations,
+                                                                                parsed.max_tokens, context)
+    limits = await gw.lookups.limits(startup_id)
+    # Tokens per minute count a typical prompt size, not the safe bound the hold needs.
+    rate_tokens = (prompt if exact else tokens.rough_estimate(raw)) + budget
+    rate_headers = await ratelimit.check(gw.store, startup_id, limits, tokens=rate_tokens, key_id=caller.check_key)
+    if rate_headers:
+        headers.update(rate_headers)
+        caller = Caller(caller.startup_id, caller.key_id)  # the rate limit call checked the key
+    amount = worst_case(prompt, budget, price)
+    if amount <= 0:
+        caller = await verified(gw.store, request, caller, gw.keys)  # no hold, so no store call checked it
+    hold = await _reserve(gw, caller, request, request_id, amount)
+    return Exchange(gw, startup_id, parsed, request_id, price, hold, prompt, exact, replicas, headers, started)
 
 
 async def chat_completions(request: Request) -> Response:
@@ -161,6 +185,7 @@ async def my_balance(request: Request) -> Response:
     """GET /v1/balance: the caller's own balance."""
     gw = gateway_of(request)
     caller = await startup_caller(gw.store, request)
+    await gw.settled()
     return _json(wire.balance(await gw.store.balance(caller.startup_id)))
 
 
@@ -176,6 +201,7 @@ async def my_usage(request: Request) -> Response:
         if not query["limit"].isdigit() or int(query["limit"]) < 1:
             raise InvalidRequest("'limit' must be a positive integer", param="limit")
         limit = int(query["limit"])
+    await gw.settled()
     lines = await gw.store.journal(caller.startup_id, since=since, until=until, limit=limit)
     return _json({"object": "list", "data": [wire.journal_line(line) for line in lines]})
 

@@ -5,23 +5,24 @@ The hold is taken before this runs; from then on every path ends in exactly one 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
-import aiohttp
 import anyio
 import orjson
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway import tokens
 from gateway.context import Gateway
 from gateway.errors import sse_error_event
 from gateway.metering import Usage, cost, usage_from
+from gateway.pool import Answer, UpstreamFailure
 from gateway.sse import StreamCounter
-from gateway.upstream import STREAM_ERRORS, failed_before_answer
 from gateway.validation import ParsedRequest
 from vouchers.errors import InvalidRequest, ModelUnavailable, ShuqiError, UpstreamError
 from vouchers.models import ChargeRef, Hold, HoldStatus, Price, WorkerRecord
@@ -31,27 +32,63 @@ log = logging.getLogger(__name__)
 _MAX_ATTEMPTS = 3
 
 
-class RelayResponse(StreamingResponse):
-    """A streamed answer that runs `on_close` once it ends, however it ends.
+class RelayResponse(Response):
+    """A streamed answer relayed chunk by chunk; `on_close` runs once it ends, however it ends.
 
-    The cleanup cannot live in the body generator alone: a client that leaves before the first chunk
-    cancels the response before the generator ever starts, and its `finally` would never run.
+    Starlette's StreamingResponse watches for a disconnect through an anyio task group per stream; this
+    watches with one plain task that cancels the relay when the client leaves, which is all the relay
+    needs. The cleanup cannot live in the body generator alone: a client that leaves before the first
+    chunk cancels the response before the generator ever starts, so its `finally` would never run.
+    The cleanup runs as deferred ledger work (`Gateway.defer`): the client already has everything.
     """
 
-    def __init__(self, content: AsyncGenerator[bytes, None], on_close: Callable[[], Awaitable[None]], *,
-                 media_type: str, headers: dict[str, str]) -> None:
-        super().__init__(content, media_type=media_type, headers=headers)
-        self._on_close = on_close
+    media_type = "text/event-stream"
+
+    def __init__(self, content: AsyncGenerator[bytes, None], on_close: Callable[[], Awaitable[None]],
+                 defer: Callable[[Coroutine[Any, Any, None]], None], *, headers: dict[str, str]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
         self._body = content
+        self._on_close = on_close
+        self._defer = defer
+        self._sending = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.ensure_future(self._watch(receive, task))
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for chunk in self._body:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            self._sending = False
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not watcher.done() or watcher.cancelled():
+                raise  # cancelled from outside, not by the watcher: let it through
+            task.uncancel()
+        except OSError:
+            pass  # an ASGI 2.4 server says the client left by failing the send
         finally:
-            # The client may be gone and this task cancelled: finish the books regardless.
-            with anyio.CancelScope(shield=True):
-                await self._body.aclose()
-                await self._on_close()
+            self._sending = False
+            watcher.cancel()
+            self._defer(self._finish())
+
+    async def _watch(self, receive: Receive, relay: asyncio.Task[Any]) -> None:
+        """Cancel the relay when the client disconnects mid-stream."""
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # a server that cannot tell us: the relay simply runs to its end
+            log.debug("cannot watch for a disconnect", exc_info=True)
+            return
+        if self._sending:
+            relay.cancel()
+
+    async def _finish(self) -> None:
+        await self._body.aclose()
+        await self._on_close()
 
 
 @dataclass
@@ -93,7 +130,7 @@ class Exchange:
             await self._settle(usage)
             self._observe(self._stream_code)
 
-        return RelayResponse(self._relay(resp, first, counter), finish, media_type="text/event-stream",
+        return RelayResponse(self._relay(resp, first, counter), finish, self.gw.defer,
                              headers={**self.headers, "cache-control": "no-cache"})
 
     def _upstream_body(self) -> bytes:
@@ -105,7 +142,7 @@ class Exchange:
             body = {**body, "stream_options": options}
         return orjson.dumps(body)
 
-    async def _connect(self, body: bytes) -> tuple[WorkerRecord, aiohttp.ClientResponse, bytes]:
+    async def _connect(self, body: bytes) -> tuple[WorkerRecord, Answer, bytes]:
         tried: set[str] = set()
         workers = self.gw.workers
         url_tail = "/v1/" + self.parsed.endpoint.value
@@ -120,15 +157,16 @@ class Exchange:
             t0 = time.perf_counter()
             self._sent_at = self._sent_at or t0
             try:
-                resp = await self.gw.client.post(worker.url.rstrip("/") + url_tail, data=body)
+                resp = await self.gw.pool.post(worker.url, url_tail, body)
                 first = await self._first_bytes(resp)
-            except STREAM_ERRORS as exc:
-                if not failed_before_answer(exc):
-                    workers.release(worker.id)
-                    raise UpstreamError("The model server did not answer in time; you were not charged.") from exc
+            except UpstreamFailure as exc:
                 workers.release(worker.id)
+                if exc.timeout:
+                    # The replica may still be working on it: sending it elsewhere could run it twice.
+                    raise UpstreamError("The model server did not answer in time; you were not charged.") from exc
+                # Nothing reached the client yet, so another replica can take the request unnoticed.
                 workers.mark_failed(worker.id)
-                log.warning("replica failed before answering (%s), trying another", type(exc).__name__,
+                log.warning("replica failed before answering (%s), trying another", exc,
                             extra={"worker": worker.id, "request_id": self.request_id})
                 continue
             except BaseException:
@@ -138,21 +176,21 @@ class Exchange:
             return worker, resp, first
         raise ModelUnavailable(f"No replica of `{self.parsed.model}` could be reached; try again shortly.")
 
-    async def _first_bytes(self, resp: aiohttp.ClientResponse) -> bytes:
+    async def _first_bytes(self, resp: Answer) -> bytes:
         """Read enough to know the replica answers: the whole body, or a stream's first bytes."""
         try:
             if not self.parsed.stream or resp.status != 200:
                 self._content = await resp.read()
                 return b""
-            return await resp.content.readany()
+            return await resp.readany()
         except BaseException:
             resp.close()
             raise
 
-    async def _unary(self, worker: WorkerRecord, resp: aiohttp.ClientResponse) -> Response:
+    async def _unary(self, worker: WorkerRecord, resp: Answer) -> Response:
         content = self._content
         try:
-            resp.release()
+            resp.close()
             self.gw.workers.release(worker.id)
             if resp.status != 200:
                 await self._release()
@@ -165,7 +203,9 @@ class Exchange:
             if usage is None:
                 # No count from the upstream: charge the prompt estimate and the bytes of the answer as tokens.
                 usage = Usage(self.prompt_estimate, len(content))
-            await self._settle(usage)
+            # The answer goes out first; the charge follows it (reads of the ledger wait for it: Gateway.settled).
+            self._done = True
+            self.gw.defer(self._charge(usage))
         except BaseException:
             await self._release()
             raise
@@ -190,7 +230,7 @@ class Exchange:
         return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type="application/json",
                         headers={**self.headers, **exc.headers})
 
-    async def _relay(self, resp: aiohttp.ClientResponse, first: bytes, counter: StreamCounter
+    async def _relay(self, resp: Answer, first: bytes, counter: StreamCounter
                      ) -> AsyncGenerator[bytes, None]:
         model = self.parsed.model
         self.gw.metrics.ttft.labels(model).observe(time.perf_counter() - self.started)
@@ -202,7 +242,7 @@ class Exchange:
             out = counter.feed(first)
             if out:
                 yield out
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp:
                 out = counter.feed(chunk)
                 if out:
                     yield out
@@ -212,9 +252,9 @@ class Exchange:
             tail = counter.flush()
             if tail:
                 yield tail
-        except STREAM_ERRORS as exc:
+        except UpstreamFailure as exc:
             self._stream_code = 502
-            log.warning("upstream broke mid-stream (%s)", type(exc).__name__, extra={"request_id": self.request_id})
+            log.warning("upstream broke mid-stream (%s)", exc, extra={"request_id": self.request_id})
             yield sse_error_event(UpstreamError("The model server failed mid-stream; you are charged only "
                                                 "for what was streamed."))
 
@@ -239,6 +279,9 @@ class Exchange:
         if self._done:
             return
         self._done = True
+        await self._charge(usage)
+
+    async def _charge(self, usage: Usage) -> None:
         if self.hold is None:
             return
         ref = ChargeRef(reference=self.request_id, model=self.parsed.model, prompt_tokens=usage.prompt_tokens,

@@ -34,11 +34,15 @@ def headers(decision: RateDecision) -> dict[str, str]:
     return out
 
 
-async def check(store: Store, startup_id: str, limits: Limits, *, tokens: int) -> dict[str, str]:
-    """Count one request of `tokens` against the startup's limits; RateLimited (429) when over."""
+async def check(store: Store, startup_id: str, limits: Limits, *, tokens: int, key_id: str | None = None
+                ) -> dict[str, str]:
+    """Count one request of `tokens` against the startup's limits; RateLimited (429) when over.
+
+    No limits set: nothing is counted and the answer is empty. `key_id` as in `Store.rate_limit`.
+    """
     if limits.rpm is None and limits.tpm is None:
         return {}
-    decision = await store.rate_limit(startup_id, limits, requests=1, tokens=tokens)
+    decision = await store.rate_limit(startup_id, limits, requests=1, tokens=tokens, key_id=key_id)
     out = headers(decision)
     if not decision.allowed:
         retry = max(decision.retry_after_s, 0.001)

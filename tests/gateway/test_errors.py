@@ -7,8 +7,10 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
 from tests.gateway.conftest import MODEL, Running, eventually, register
-from tests.gateway.fake_upstream import FakeUpstream
+from tests.gateway.fake_upstream import FakeUpstream, UvicornThread
 from vouchers.clock import ManualClock
 from vouchers.store import Store
 
@@ -40,6 +42,44 @@ async def test_wrong_missing_and_revoked_keys_are_401(gateway: Running, upstream
     with pytest.raises(openai.AuthenticationError) as info:
         await client.chat.completions.create(model=MODEL, messages=MESSAGES)
     assert info.value.code == "invalid_api_key"
+
+
+async def test_a_key_revoked_on_one_replica_stops_at_once_on_another_that_knows_it(
+    gateway: Running, upstream: FakeUpstream, store: Store, settings: GatewaySettings, clock: ManualClock
+) -> None:
+    # Replica B has served the key, so it remembers which startup the key belongs to; its next ledger call
+    # must still see the revocation made through replica A.
+    await register(store, upstream)
+    await gateway.set_price(MODEL, "1000", "1000")
+    await gateway.set_price("free-model", "0", "0")
+    await register(store, upstream, worker_id="w2", model="free-model")
+    key = await gateway.onboard("acme", "10")
+    other = UvicornThread(create_app(settings, clock=clock), lifespan="on")
+    other.start()
+    try:
+        on_b = gateway.client(key, base_url=other.url + "/v1")
+        await on_b.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5)
+        await on_b.chat.completions.create(model="free-model", messages=MESSAGES, max_tokens=5)
+
+        async def settled() -> bool:
+            return (await gateway.balance("acme"))["held"] == "0"
+
+        await eventually(settled)
+        before = await gateway.balance("acme")
+        assert before["spent"] != "0"
+        keys = (await gateway.admin.get("/admin/v1/startups/acme/keys")).json()["data"]
+        assert (await gateway.admin.delete(f"/admin/v1/keys/{keys[0]['id']}")).status_code == 204
+        for model, extra in ((MODEL, {}), ("free-model", {}), (MODEL, {"max_tokens": 0})):
+            with pytest.raises(openai.AuthenticationError) as info:
+                await on_b.chat.completions.create(model=model, messages=MESSAGES, **extra)  # type: ignore[arg-type]
+            assert info.value.code == "invalid_api_key"
+        assert (await gateway.admin.put("/admin/v1/startups/acme/limits", json={"rpm": 100})).status_code == 200
+        with pytest.raises(openai.AuthenticationError):  # limits set: the rate-limit call checks the key
+            await on_b.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5)
+    finally:
+        other.stop()
+    after = await gateway.balance("acme")
+    assert after == before  # nothing held or charged for the refused requests
 
 
 async def test_unknown_model_is_404_and_bad_fields_are_400_naming_the_param(
