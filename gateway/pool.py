@@ -41,6 +41,8 @@ class Answer:
         self._complete = False
         self._error: UpstreamFailure | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._since = 0.0  # when the current wait began
+        self._timer: asyncio.TimerHandle | None = None
 
     # --- fed by the connection ---
 
@@ -76,16 +78,27 @@ class Answer:
         conn = self._conn
         if conn is None:
             raise UpstreamFailure("the answer was closed", before_answer=False)
-        self._waiter = conn.loop.create_future()
-        timer = conn.loop.call_later(conn.read_timeout_s, self._timed_out)
+        loop = conn.loop
+        self._waiter = loop.create_future()
+        self._since = loop.time()
+        if self._timer is None:
+            # One timer per answer, moved on only when it fires: a wait per streamed chunk stays cheap.
+            self._timer = loop.call_at(self._since + conn.read_timeout_s, self._check_silence)
         try:
             await self._waiter
         finally:
-            timer.cancel()
             self._waiter = None
 
-    def _timed_out(self) -> None:
-        self._fail(UpstreamFailure("the replica sent nothing in time", before_answer=False, timeout=True))
+    def _check_silence(self) -> None:
+        self._timer = None
+        conn = self._conn
+        if conn is None or self._waiter is None:
+            return  # not waiting: the next wait starts a new timer
+        due = self._since + conn.read_timeout_s
+        if conn.loop.time() >= due:
+            self._fail(UpstreamFailure("the replica sent nothing in time", before_answer=False, timeout=True))
+        else:
+            self._timer = conn.loop.call_at(due, self._check_silence)
 
     async def head(self) -> int:
         """Wait for the status line and headers; the status code."""
@@ -128,6 +141,9 @@ class Answer:
 
     def close(self) -> None:
         """Done with the answer: a complete one frees its connection for reuse, any other closes it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.finish(reuse=self._complete and self._error is None)

@@ -183,3 +183,21 @@ async def test_closing_an_unfinished_answer_closes_its_connection() -> None:
         again.close()
         await p.close()
     assert len(accepted) == 2
+
+
+async def test_a_stream_slower_in_total_than_the_timeout_is_fine_while_each_gap_is_shorter() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(6):
+            await asyncio.sleep(0.1)
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with serving(handler) as (url, _):
+        answer = await pool(read_timeout_s=0.3).post(url, "/x", b"{}")
+        assert await answer.read() == b"xxxxxx"  # 0.6 s in all, never 0.3 s without a byte
+        answer.close()
