@@ -9,12 +9,14 @@ checks and token counts stay on aiohttp (`gateway.upstream`), where a millisecon
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
 
+Origin = tuple[str, str, int]  # scheme, host, port
 _HIGH_WATER = 1 << 20  # unread answer bytes at which reading from the replica pauses
 
 
@@ -155,7 +157,7 @@ class Answer:
 class _Conn(asyncio.Protocol):
     """One keep-alive connection; at most one request on it at a time."""
 
-    def __init__(self, pool: Pool, key: tuple[str, int], loop: asyncio.AbstractEventLoop, read_timeout_s: float
+    def __init__(self, pool: Pool, key: Origin, loop: asyncio.AbstractEventLoop, read_timeout_s: float
                  ) -> None:
         self.pool = pool
         self.key = key
@@ -254,29 +256,34 @@ class _Conn(asyncio.Protocol):
 class Pool:
     """Keep-alive connections to every replica, at most `max_connections` in use at once."""
 
-    def __init__(self, *, max_connections: int, connect_timeout_s: float, read_timeout_s: float) -> None:
-        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+    def __init__(self, *, max_connections: int, connect_timeout_s: float, read_timeout_s: float,
+                 tls: ssl.SSLContext | None = None) -> None:
+        """`tls` verifies https replicas (default: the system's trusted certificates)."""
+        self._idle: dict[Origin, list[_Conn]] = {}
         self._busy: set[_Conn] = set()
         self._slots = asyncio.Semaphore(max_connections)
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
-        self._heads: dict[tuple[str, str], bytes] = {}
+        self._heads: dict[tuple[str, str], tuple[Origin, bytes]] = {}
+        self._tls = tls
         self._closed = False
 
-    def _head(self, url: str, path: str) -> tuple[tuple[str, int], bytes]:
+    def _head(self, url: str, path: str) -> tuple[Origin, bytes]:
+        """Where to connect for `url` and the request head up to the body's length (cached per URL)."""
+        known = self._heads.get((url, path))
+        if known is not None:
+            return known
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise UpstreamFailure(f"unsupported replica URL {url!r} (plain http only)", before_answer=True)
-        port = parts.port or 80
-        key = (parts.hostname, port)
-        head = self._heads.get((url, path))
-        if head is None:
-            target = parts.path.rstrip("/") + path
-            host = f"{parts.hostname}:{port}" if ":" not in parts.hostname else f"[{parts.hostname}]:{port}"
-            head = (f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                    "Accept-Encoding: identity\r\nContent-Length: ").encode()
-            self._heads[(url, path)] = head
-        return key, head
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UpstreamFailure(f"unsupported replica URL {url!r} (http or https only)", before_answer=True)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        origin = (parts.scheme, parts.hostname, port)
+        target = parts.path.rstrip("/") + path
+        host = f"{parts.hostname}:{port}" if ":" not in parts.hostname else f"[{parts.hostname}]:{port}"
+        head = (f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                "Accept-Encoding: identity\r\nContent-Length: ").encode()
+        self._heads[(url, path)] = (origin, head)
+        return origin, head
 
     async def post(self, url: str, path: str, body: bytes) -> Answer:
         """Send a JSON POST to `path` on the replica at `url`; the answer once its head arrived.
@@ -307,7 +314,7 @@ class Pool:
                 raise
             return answer
 
-    async def _connection(self, key: tuple[str, int]) -> _Conn:
+    async def _connection(self, key: Origin) -> _Conn:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
@@ -315,12 +322,16 @@ class Pool:
                 self._busy.add(conn)
                 return conn
         loop = asyncio.get_running_loop()
+        scheme, host, port = key
+        tls = None
+        if scheme == "https":
+            tls = self._tls = self._tls or ssl.create_default_context()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, conn = await loop.create_connection(
-                    lambda: _Conn(self, key, loop, self._read_timeout_s), key[0], key[1])
+                    lambda: _Conn(self, key, loop, self._read_timeout_s), host, port, ssl=tls)
         except (OSError, TimeoutError) as exc:
-            raise UpstreamFailure(f"could not connect to {key[0]}:{key[1]} ({exc or 'timeout'})",
+            raise UpstreamFailure(f"could not connect to {host}:{port} ({exc or 'timeout'})",
                                   before_answer=True) from exc
         self._busy.add(conn)
         return conn

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +18,7 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 
 @asynccontextmanager
-async def serving(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
+async def serving(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[tuple[str, list[int]]]:
     """A TCP server on a free port; yields its URL and a list that counts accepted connections."""
     accepted: list[int] = []
 
@@ -26,10 +29,10 @@ async def serving(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}", accepted
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}", accepted
     finally:
         server.close()
         await server.wait_closed()
@@ -201,3 +204,34 @@ async def test_a_stream_slower_in_total_than_the_timeout_is_fine_while_each_gap_
         answer = await pool(read_timeout_s=0.3).post(url, "/x", b"{}")
         assert await answer.read() == b"xxxxxx"  # 0.6 s in all, never 0.3 s without a byte
         answer.close()
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=replica",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+async def test_https_replicas_are_verified_and_served(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecret")
+        await writer.drain()
+
+    async with serving(handler, server_tls) as (url, _):
+        trusting = Pool(max_connections=2, connect_timeout_s=2, read_timeout_s=5,
+                        tls=ssl.create_default_context(cafile=str(cert)))
+        answer = await trusting.post(url, "/x", b"{}")
+        assert await answer.read() == b"secret"
+        answer.close()
+        with pytest.raises(UpstreamFailure) as failure:  # the system does not trust this certificate
+            await pool().post(url, "/x", b"{}")
+        assert failure.value.before_answer
