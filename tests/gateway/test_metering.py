@@ -283,3 +283,28 @@ async def test_a_client_gone_before_the_first_byte_still_settles(
 
     await eventually(settled)
     _consistent(await gateway.balance("acme"))
+
+
+async def test_charges_land_right_after_the_answer_with_or_without_more_traffic(
+    gateway: Running, upstream: FakeUpstream, store: Store
+) -> None:
+    # The charge follows the answer: with the next request's ledger call, or on its own soon after.
+    await register(store, upstream)
+    await gateway.set_price(MODEL, "0", "1000000")  # one credit per completion token
+    key = await gateway.onboard("acme", "100")
+    client = gateway.client(key)
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3)
+
+    async def charged(spent: str) -> bool:
+        # Read the store itself, not through the gateway (whose ledger reads wait for its charges).
+        b = (await store.balance("acme")).model
+        return b.spent == int(spent) * 1_000_000 and b.held == 0
+
+    await eventually(lambda: charged("3"))
+    replies = await asyncio.gather(*(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2)
+                                     for _ in range(5)))
+    assert all(r.usage is not None and r.usage.completion_tokens == 2 for r in replies)
+    await eventually(lambda: charged("13"))
+    b = await gateway.balance("acme")
+    assert b["spent"] == "13" and b["held"] == "0"
+    _consistent(b)
