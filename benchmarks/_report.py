@@ -28,6 +28,18 @@ def _overheads(cases: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _paced_overheads(cases: dict[str, Any]) -> dict[str, Any]:
+    """p50 and p99 added at 8 paced connections (below saturation), per proxy."""
+    base = cases.get("direct", {}).get("paced8")
+    if not base:
+        return {}
+    return {
+        proxy: {k: round(cases[proxy]["paced8"][f"{k}_ms"] - base[f"{k}_ms"], 3) for k in ("p50", "p99", "mean")}
+        for proxy in PROXIES
+        if cases.get(proxy, {}).get("paced8")
+    }
+
+
 def _ratios(cases: dict[str, Any], other: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "shuqi" not in cases or other not in cases:
@@ -95,6 +107,7 @@ def derive(cases: dict[str, Any]) -> dict[str, Any]:
     """Overheads against direct, throughput ratios, added time to first byte and the target checks."""
     derived: dict[str, Any] = {
         "overhead_ms": _overheads(cases),
+        "overhead_ms_paced8": _paced_overheads(cases),
         "ratio_shuqi_litellm": _ratios(cases, "litellm"),
         "ratio_shuqi_nginx": _ratios(cases, "nginx"),
         "ttfb_added_ms": _ttfb_added(cases),
@@ -145,8 +158,24 @@ def table(result: dict[str, Any]) -> str:
     for t in result.get("targets", []):
         met = "—" if t["met"] is None else ("yes" if t["met"] else "**no**")
         lines.append(f"| {t['target']} | {_fmt(t['value'])} | {_fmt(t['limit'])} | {met} |")
+    lines += _paced_lines(result)
     lines += _profile_lines(result.get("profile") or {})
     return "\n".join(lines)
+
+
+def _paced_lines(result: dict[str, Any]) -> list[str]:
+    cases, added = result["cases"], result.get("overhead_ms_paced8") or {}
+    paced = {name: case["paced8"] for name, case in cases.items() if case.get("paced8")}
+    if not paced:
+        return []
+    pace = result["meta"].get("pace_ms")
+    lines = ["", f"| 8 connections, each waiting {pace} ms between requests | req/s | p50 (ms) | p99 (ms) "
+             "| p50 added (ms) | CPU/req (ms) |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, run in paced.items():
+        cpu = run["proxy_cpu_ms_per_req"] if name != "direct" else run["upstream_cpu_ms_per_req"]
+        lines.append(f"| {name} | {_fmt(run['rps'], 0)} | {_fmt(run['p50_ms'])} | {_fmt(run['p99_ms'])} "
+                     f"| {_fmt(added.get(name, {}).get('p50'))} | {_fmt(cpu, 3)} |")
+    return lines
 
 
 def _profile_lines(profile: dict[str, Any], top: int = 8) -> list[str]:

@@ -41,23 +41,28 @@ class WrkResult:
     max_ms: float
 
 
-def lua_script(body: str, headers: dict[str, str]) -> str:
-    """A wrk script that POSTs `body` with `headers` and prints the summary as one JSON line."""
+def lua_script(body: str, headers: dict[str, str], *, delay_ms: int = 0) -> str:
+    """A wrk script that POSTs `body` with `headers` and prints the summary as one JSON line.
+
+    `delay_ms`: each connection waits this long after an answer before its next request (wrk's `delay`).
+    """
     if "]==]" in body:
         raise ValueError("body may not contain ]==]")
     lines = ['wrk.method = "POST"', f"wrk.body = [==[{body}]==]"]
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+    if delay_ms:
+        lines.append(f"delay = function() return {int(delay_ms)} end")
     return "\n".join(lines) + _DONE.replace('"MARK"', json.dumps(_MARK))
 
 
 def run(
     url: str, body: str, headers: dict[str, str], *, connections: int, seconds: float,
-    on_tick: Callable[[], None] | None = None, timeout_s: float = 30.0,
+    on_tick: Callable[[], None] | None = None, timeout_s: float = 30.0, delay_ms: int = 0,
 ) -> WrkResult:
     """Run wrk against url for `seconds`; on_tick is called about every 0.25 s while it runs."""
     with tempfile.TemporaryDirectory(prefix="shuqi-wrk-") as tmp:
         script = Path(tmp) / "post.lua"
-        script.write_text(lua_script(body, headers))
+        script.write_text(lua_script(body, headers, delay_ms=delay_ms))
         script.chmod(0o600)
         argv = [
             "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", f"--timeout={int(timeout_s)}s",

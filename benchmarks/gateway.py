@@ -53,6 +53,7 @@ class Options:
     chunks: int
     chunk_pair: tuple[int, int]
     ttfb_requests: int
+    pace_ms: int = 4  # the paced c=8 load: each connection waits this long between requests
 
 
 def body(*, stream: bool, chunks: int, interval_ms: float = 0.0) -> str:
@@ -135,14 +136,16 @@ class _Meter:
         }
 
 
-def load(target: _targets.Target, upstream: Service, payload: str, connections: int, opts: Options) -> dict[str, Any]:
+def load(target: _targets.Target, upstream: Service, payload: str, connections: int, opts: Options, *,
+         delay_ms: int = 0) -> dict[str, Any]:
     """Warm up, then one measured wrk run: req/s, latency percentiles, CPU per request, peak RSS."""
     if opts.warmup > 0:
-        _wrk.run(target.url, payload, target.headers, connections=connections, seconds=opts.warmup)
+        _wrk.run(target.url, payload, target.headers, connections=connections, seconds=opts.warmup,
+                 delay_ms=delay_ms)
     meter = _Meter(target, upstream)
     meter.tick()
     result = _wrk.run(target.url, payload, target.headers, connections=connections, seconds=opts.seconds,
-                      on_tick=meter.tick)
+                      on_tick=meter.tick, delay_ms=delay_ms)
     loadavg = os.getloadavg()[0]
     return {
         "requests": result.requests,
@@ -216,6 +219,12 @@ def measure(opts: Options, work: Path) -> dict[str, Any]:
                 for name, target in targets.items():
                     log.info("%s %s c=%d", name, mode, c)
                     cases[name]["loads"][mode][str(c)] = load(target, upstream, payload, c, opts)
+        if opts.pace_ms:
+            # The same 8 connections below saturation: latency added per request rather than queueing.
+            payload = body(stream=False, chunks=opts.chunks)
+            for name, target in targets.items():
+                log.info("%s nonstream c=8 paced %d ms", name, opts.pace_ms)
+                cases[name]["paced8"] = load(target, upstream, payload, 8, opts, delay_ms=opts.pace_ms)
         for name, target in targets.items():
             log.info("%s: time to first byte and per-chunk relay cost", name)
             cases[name]["ttfb"] = ttfb(target, opts)
@@ -273,6 +282,7 @@ def meta(opts: Options) -> dict[str, Any]:
         "concurrency": list(opts.concurrency),
         "stream_chunks": opts.chunks,
         "chunk_pair": list(opts.chunk_pair),
+        "pace_ms": opts.pace_ms,
         "load_generator": _version(["wrk", "-v"]),
         "shuqi_commit": _version(["git", "-C", str(_targets.ROOT), "describe", "--always", "--dirty"]),
         "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
@@ -298,6 +308,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Options]:
     p.add_argument("--chunks", type=int, default=19, help="content chunks per streamed response (default 19)")
     p.add_argument("--chunk-pair", default="5,50", help="stream lengths compared for the per-chunk cost")
     p.add_argument("--ttfb-requests", type=int, default=300, help="sequential requests timed for first byte")
+    p.add_argument("--pace-ms", type=int, default=4,
+                   help="the extra c=8 load: each connection waits this long between requests (0: skip it)")
     p.add_argument("--out", type=Path, help="also write the JSON result to this file")
     p.add_argument("--profile", type=float, default=0, metavar="SECONDS",
                    help="also profile shuqi's gateway with py-spy for this long per mode (writes collapsed stacks)")
@@ -313,6 +325,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Options]:
     opts = Options(
         seconds=args.seconds, warmup=args.warmup, concurrency=tuple(int(c) for c in args.concurrency.split(",")),
         cases=cases, chunks=args.chunks, chunk_pair=(short, long_), ttfb_requests=args.ttfb_requests,
+        pace_ms=args.pace_ms,
     )
     return args, opts
 
