@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvicorn
 
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
 from vouchers.factory import open_store
+from vouchers.keys import hash_secret, new_id, new_secret
+from vouchers.models import ApiKey
 from vouchers.store import Store
+from vouchers.units import Kind
 from workers.engine import ModelSpec
+from workers.process import free_port
 from workers.service import WorkerSettings
 
 
@@ -85,3 +94,29 @@ async def wait_until(predicate: Callable[[], object], timeout_s: float, interval
             return time.monotonic() - start
         await asyncio.sleep(interval_s)
     pytest.fail(f"condition not met within {timeout_s}s")
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(tmp_path: Path, ledger_url: str, **settings: Any) -> AsyncIterator[str]:
+    """The real gateway on a free loopback port, on the workers' ledger; yields its base URL."""
+    config = GatewaySettings(**{"data_dir": tmp_path, "store": ledger_url, "admin_token": "test-admin",
+                                "worker_refresh_s": 0.2, "health_interval_s": 0.5, **settings})
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    await wait_until(lambda: server.started, timeout_s=30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def startup_with_key(store: Store, credits: int) -> tuple[str, str]:
+    """A new startup with a model voucher of `credits` (micro-credits); (its id, its key's secret)."""
+    startup = new_id("acme")
+    await store.create_startup(startup, "Acme AI")
+    secret = new_secret()
+    await store.add_key(ApiKey(new_id("key"), startup, "ci", hash_secret(secret), secret[:12], 0.0))
+    await store.grant(startup, Kind.MODEL, credits)
+    return startup, secret

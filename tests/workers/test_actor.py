@@ -5,58 +5,23 @@ The gateway is the real one (uvicorn on a free port, same SQLite ledger); the cl
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import uvicorn
 
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
-from vouchers.keys import hash_secret, new_id, new_secret
-from vouchers.models import ApiKey
 from vouchers.store import Store
-from vouchers.units import Kind, token_cost
+from vouchers.units import token_cost
 from workers.actor import launch
-from workers.process import free_port
 from workers.service import WorkerSettings, WorkerState
 from workers.specs import price_of
 
-from .conftest import smollm2, wait_until
+from .conftest import running_gateway, smollm2, startup_with_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 MODEL = "smollm2-135m-gpu"
-
-
-@contextlib.asynccontextmanager
-async def running_gateway(tmp_path: Path, ledger_url: str) -> AsyncIterator[str]:
-    """The real gateway on a free loopback port; yields its base URL."""
-    settings = GatewaySettings(
-        data_dir=tmp_path, store=ledger_url, admin_token="test-admin", worker_refresh_s=0.2, health_interval_s=0.5
-    )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    await wait_until(lambda: server.started, timeout_s=30)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-async def _startup_with_key(store: Store) -> tuple[str, str]:
-    startup = new_id("acme")
-    await store.create_startup(startup, "Acme AI")
-    secret = new_secret()
-    await store.add_key(ApiKey(new_id("key"), startup, "ci", hash_secret(secret), secret[:12], 0.0))
-    await store.grant(startup, Kind.MODEL, 10_000_000)
-    return startup, secret
 
 
 async def test_gpu_worker_lands_on_a_logical_gpu_and_the_gateway_charges_its_usage(
@@ -72,7 +37,7 @@ async def test_gpu_worker_lands_on_a_logical_gpu_and_the_gateway_charges_its_usa
         [record] = await system_store.list_workers(MODEL)
         assert record.url == status.url
 
-        startup, secret = await _startup_with_key(system_store)
+        startup, secret = await startup_with_key(system_store, 10_000_000)
         async with running_gateway(tmp_path, ledger_url) as base_url:
             client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=secret, max_retries=0, timeout=120)
             messages: Any = [{"role": "user", "content": "Name a colour."}]

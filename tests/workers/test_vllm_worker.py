@@ -8,36 +8,27 @@ vLLM test would let the GPU code path go untested unnoticed.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
-from vouchers.keys import hash_secret, new_id, new_secret
-from vouchers.models import ApiKey
 from vouchers.store import Store
-from vouchers.units import Kind, token_cost
+from vouchers.units import token_cost
 from workers.actor import launch
 from workers.engine import ModelSpec
-from workers.process import free_port
 from workers.service import WorkerSettings, WorkerState
 from workers.specs import load_config, price_of
 from workers.vllm_engine import DASHBOARD_METRICS, VllmEngine
 
-from .conftest import wait_until
+from .conftest import running_gateway, startup_with_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.ray, pytest.mark.timeout(1800)]
 
@@ -70,31 +61,6 @@ def vllm_worker_settings(ledger_url: str, tmp_path: Path) -> WorkerSettings:
     # vLLM is healthy in about a minute on an idle machine, several when the suite shares the cores.
     return WorkerSettings(store_url=ledger_url, data_dir=tmp_path, heartbeat_ttl_s=30.0, check_interval_s=1.0,
                           health_timeout_s=900.0, max_restarts=0)
-
-
-@contextlib.asynccontextmanager
-async def running_gateway(tmp_path: Path, ledger_url: str) -> AsyncIterator[str]:
-    """The real gateway on a free loopback port, on the worker's ledger; yields its base URL."""
-    settings = GatewaySettings(data_dir=tmp_path, store=ledger_url, admin_token="test-admin", worker_refresh_s=0.2,
-                               health_interval_s=0.5, price_cache_s=0, tokenize_timeout_s=30.0)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    await wait_until(lambda: server.started, timeout_s=30)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-async def startup_with_key(store: Store) -> tuple[str, str]:
-    startup = new_id("acme")
-    await store.create_startup(startup, "Acme AI")
-    secret = new_secret()
-    await store.add_key(ApiKey(new_id("key"), startup, "ci", hash_secret(secret), secret[:12], 0.0))
-    await store.grant(startup, Kind.MODEL, VOUCHER)
-    return startup, secret
 
 
 async def stream_chat(client: openai.AsyncOpenAI, messages: Any) -> tuple[str, Any, int]:
@@ -134,8 +100,8 @@ async def test_vllm_worker_serves_through_the_gateway_and_is_charged_its_engine_
         [record] = await system_store.list_workers(MODEL)
         assert (record.url, record.engine, record.tokenize_path) == (status.url, "vllm", "/tokenize")
 
-        startup, secret = await startup_with_key(system_store)
-        async with running_gateway(tmp_path, ledger_url) as base_url:
+        startup, secret = await startup_with_key(system_store, VOUCHER)
+        async with running_gateway(tmp_path, ledger_url, price_cache_s=0, tokenize_timeout_s=30.0) as base_url:
             client = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=secret, max_retries=0, timeout=600)
             long = await client.completions.create(model=MODEL, prompt=LONG_PROMPT, max_tokens=8)
             messages: Any = [{"role": "user", "content": "Name a colour."}]
