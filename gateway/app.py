@@ -83,7 +83,7 @@ async def _running(app: FastAPI, settings: GatewaySettings, store: Store | None,
             yield
         finally:
             await _stop(tasks)
-            await gw.settled()  # charges of answers already sent reach the store before it closes
+            await gw.drain()  # charges of answers already sent reach the store before it closes
 
 
 async def healthz(request: Request) -> Response:

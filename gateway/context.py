@@ -41,11 +41,18 @@ class Gateway:
         task.add_done_callback(self.settling.discard)
 
     async def settled(self) -> None:
-        """Wait until every deferred settle of this replica has reached the store.
+        """Wait until the deferred settles started before this call have reached the store.
 
         Reads of balances, journals and metrics call this first, so a client that got its answer and then
-        asks what it was charged sees the charge.
+        asks what it was charged sees the charge. Settles that start later are not waited for: under
+        steady traffic there is always another one, and a read must not wait for the traffic to stop.
         """
+        pending = list(self.settling)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def drain(self) -> None:
+        """Wait until no deferred settle is left (at shutdown, once no request can start one)."""
         while self.settling:
             await asyncio.gather(*list(self.settling), return_exceptions=True)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 
 from gateway import metering, ratelimit, tokens, validation
+from gateway.context import Gateway
 from gateway.sse import StreamCounter
 from gateway.validation import Endpoint
 from vouchers.errors import InvalidRequest
@@ -96,3 +99,28 @@ def test_rate_limit_headers_use_openai_formats() -> None:
     short = RateDecision(allowed=True, limit_requests=None, remaining_requests=None, limit_tokens=10,
                          remaining_tokens=3, reset_s=0.25)
     assert ratelimit.headers(short)["x-ratelimit-reset-tokens"] == "250ms"
+
+
+async def test_a_ledger_read_waits_for_earlier_charges_not_for_the_traffic_to_stop() -> None:
+    gw = object.__new__(Gateway)  # only the deferred-work part is exercised
+    gw.settling = set()
+    earlier, later = asyncio.Event(), asyncio.Event()
+    done: list[str] = []
+
+    async def charge(name: str, gate: asyncio.Event) -> None:
+        await gate.wait()
+        done.append(name)
+
+    gw.defer(charge("earlier", earlier))
+    read = asyncio.create_task(gw.settled())
+    await asyncio.sleep(0)
+    gw.defer(charge("later", later))  # arrives while the read waits
+    earlier.set()
+    await asyncio.wait_for(read, timeout=5)
+    assert done == ["earlier"]
+    drain = asyncio.create_task(gw.drain())
+    await asyncio.sleep(0)
+    assert not drain.done()
+    later.set()
+    await asyncio.wait_for(drain, timeout=5)
+    assert done == ["earlier", "later"] and not gw.settling
