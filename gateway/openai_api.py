@@ -104,7 +104,7 @@ async def _serve(request: Request, endpoint: Endpoint) -> Response:
             model = parsed.model
             replicas = await gw.workers.replicas_for(model, startup_id, embeddings=endpoint is Endpoint.EMBEDDINGS)
         except ShuqiError:
-            await verified(gw.store, request, caller, gw.keys)  # a revoked key hears 401, not what else is wrong
+            await verified(gw.store, request, caller)  # a revoked key hears 401, not what else is wrong
             raise
         exchange = await _admit(gw, caller, request, request_id, parsed, raw, replicas, headers, started)
         return await exchange.run()
@@ -137,7 +137,7 @@ async def _admit(gw: Gateway, caller: Caller, request: Request, request_id: str,
         caller = Caller(caller.startup_id, caller.key_id)  # the rate limit call checked the key
     amount = worst_case(prompt, budget, price)
     if amount <= 0:
-        caller = await verified(gw.store, request, caller, gw.keys)  # no hold, so no store call checked it
+        caller = await verified(gw.store, request, caller)  # no hold, so no store call checked it
     hold = await _reserve(gw, caller, request, request_id, amount)
     return Exchange(gw, startup_id, parsed, request_id, price, hold, prompt, exact, replicas, headers, started)
 
