@@ -27,13 +27,12 @@ def gateway(
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.server import uvicorn_config
     from gateway.settings import GatewaySettings
 
     settings = GatewaySettings()
     app = create_app(settings)
-    # No access log: a line per request costs more CPU than the gateway's own work; /metrics counts requests.
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level="info", ws="none",
-                access_log=False)
+    uvicorn.Server(uvicorn_config(app, host=host or settings.host, port=port or settings.port)).run()
 
 
 def worker(model: str = typer.Option(..., "--model", help="a model name from the model config")) -> None:

@@ -160,6 +160,7 @@ def _gateway_server(settings: UpSettings) -> _EmbeddedServer | None:
     """The gateway's uvicorn server, not yet started; None while the gateway package is absent."""
     try:
         from gateway.app import create_app
+        from gateway.server import uvicorn_config
         from gateway.settings import GatewaySettings
     except ImportError as exc:
         logger.warning("gateway not available (%s); running without it", exc)
@@ -167,10 +168,8 @@ def _gateway_server(settings: UpSettings) -> _EmbeddedServer | None:
     # GatewaySettings reads the same SHUQI_* environment as UpSettings, so both agree on host, port,
     # data dir, store and admin token (and it writes the generated token to the data dir).
     app = create_app(GatewaySettings())
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="warning", lifespan="on", access_log=False, ws="none"
-    )
-    return _EmbeddedServer(config)
+    return _EmbeddedServer(uvicorn_config(app, host=settings.host, port=settings.port, log_level="warning",
+                                          lifespan="on"))
 
 
 def banner(settings: UpSettings, models: list[str], dashboard_url: str) -> str:

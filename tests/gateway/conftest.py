@@ -79,7 +79,7 @@ class Running:
 @pytest.fixture
 async def gateway(settings: GatewaySettings, clock: ManualClock, store: Store) -> AsyncIterator[Running]:
     """The gateway on a real port, sharing the backend (and clock) of the test's `store`."""
-    server = UvicornThread(create_app(settings, clock=clock), lifespan="on")
+    server = UvicornThread(create_app(settings, clock=clock), lifespan="on", as_gateway=True)
     server.start()
     admin = httpx.AsyncClient(base_url=server.url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
     running = Running(server.url, admin, server, [])

@@ -23,6 +23,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway.server import uvicorn_config
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -66,8 +68,9 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 class UvicornThread:
     """An ASGI app served by uvicorn on its own thread and event loop, on a fixed free port."""
 
-    def __init__(self, app: Any, *, lifespan: str = "off") -> None:
+    def __init__(self, app: Any, *, lifespan: str = "off", as_gateway: bool = False) -> None:
         self.app = app
+        self._as_gateway = as_gateway  # served the way the gateway serves itself (gateway.server)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._lifespan = lifespan
@@ -75,8 +78,12 @@ class UvicornThread:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", ws="none",
-                                lifespan=self._lifespan)  # type: ignore[arg-type]
+        if self._as_gateway:
+            config = uvicorn_config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                    lifespan=self._lifespan)
+        else:
+            config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", ws="none",
+                                    lifespan=self._lifespan)  # type: ignore[arg-type]
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()

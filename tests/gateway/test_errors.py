@@ -54,7 +54,7 @@ async def test_a_key_revoked_on_one_replica_stops_at_once_on_another_that_knows_
     await gateway.set_price("free-model", "0", "0")
     await register(store, upstream, worker_id="w2", model="free-model")
     key = await gateway.onboard("acme", "10")
-    other = UvicornThread(create_app(settings, clock=clock), lifespan="on")
+    other = UvicornThread(create_app(settings, clock=clock), lifespan="on", as_gateway=True)
     other.start()
     try:
         on_b = gateway.client(key, base_url=other.url + "/v1")

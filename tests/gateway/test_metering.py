@@ -203,7 +203,7 @@ async def test_two_replicas_on_one_store_share_the_budget(
     await register(store, upstream, capacity=256)
     await gateway.set_price(MODEL, "0", "1000000")
     key = await gateway.onboard("acme", str(k))
-    other = UvicornThread(create_app(settings, clock=clock), lifespan="on")
+    other = UvicornThread(create_app(settings, clock=clock), lifespan="on", as_gateway=True)
     other.start()
     try:
         clients = [gateway.client(key), gateway.client(key, base_url=other.url + "/v1")]

@@ -20,7 +20,7 @@ ADMIN = "cli-admin-token"
 @pytest.fixture
 def gateway_url(tmp_path: Path) -> Iterator[str]:
     settings = GatewaySettings(store=f"sqlite:///{tmp_path / 'ledger.db'}", data_dir=tmp_path, admin_token=ADMIN)
-    server = UvicornThread(create_app(settings), lifespan="on")
+    server = UvicornThread(create_app(settings), lifespan="on", as_gateway=True)
     server.start()
     yield server.url
     server.stop()

@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
+from gateway.server import uvicorn_config
 from gateway.settings import GatewaySettings
 from vouchers.factory import open_store
 from vouchers.keys import hash_secret, new_id, new_secret
@@ -102,7 +103,7 @@ async def running_gateway(tmp_path: Path, ledger_url: str, **settings: Any) -> A
     config = GatewaySettings(**{"data_dir": tmp_path, "store": ledger_url, "admin_token": "test-admin",
                                 "worker_refresh_s": 0.2, "health_interval_s": 0.5, **settings})
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(create_app(config), host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     await wait_until(lambda: server.started, timeout_s=30)
     try:

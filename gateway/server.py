@@ -1,0 +1,80 @@
+"""How the gateway is served: uvicorn with httptools, whose writes of one event-loop turn leave together.
+
+uvicorn writes a response's status line and headers as soon as the app sends them, then the body in a
+second write: two socket sends, and two wake-ups of the client, for every unary answer. Sending costs
+more CPU than anything else per request here, so the connection's transport is wrapped to gather what
+one turn of the loop writes and send it at the end of that turn, in one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class CoalescingTransport:
+    """A transport whose writes made in one event-loop turn go out as one write of the real transport.
+
+    Everything else is the real transport's. Closing sends what is pending first; aborting drops it.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        if not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(len(p) for p in self._pending)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol over a `CoalescingTransport`."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        wrapped: Any = CoalescingTransport(transport, self.loop)
+        super().connection_made(wrapped)
+
+
+def uvicorn_config(app: Any, *, host: str, port: int, log_level: str = "info", **options: Any) -> uvicorn.Config:
+    """The uvicorn settings the gateway runs with, wherever it runs (its own command, `shuqi up`, tests)."""
+    # No access log: a line per request costs more CPU than the gateway's own work; /metrics counts requests.
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=GatewayHttpProtocol, ws="none",
+                          access_log=False, **options)

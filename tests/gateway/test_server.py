@@ -1,0 +1,108 @@
+"""How the gateway is served: writes of one event-loop turn reach the socket as one send."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from gateway.server import CoalescingTransport, uvicorn_config
+from tests.gateway.fake_upstream import UvicornThread
+
+
+class RecordingTransport:
+    """Test double for the real socket transport: records each write and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "written after close"
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+
+def _wrap() -> tuple[CoalescingTransport, RecordingTransport]:
+    real = RecordingTransport()
+    return CoalescingTransport(real, asyncio.get_running_loop()), real  # type: ignore[arg-type]
+
+
+async def test_writes_of_one_turn_leave_in_one_send_in_order() -> None:
+    wrapped, real = _wrap()
+    wrapped.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    wrapped.write(b"")
+    wrapped.write(b"body")
+    assert real.writes == []
+    assert wrapped.get_write_buffer_size() == len(b"HTTP/1.1 200 OK\r\n\r\nbody")
+    await asyncio.sleep(0)
+    assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+    wrapped.write(b"next turn")
+    await asyncio.sleep(0)
+    assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody", b"next turn"]
+
+
+async def test_close_sends_what_is_pending_first_and_abort_drops_it() -> None:
+    wrapped, real = _wrap()
+    wrapped.write(b"last words")
+    wrapped.close()
+    assert real.writes == [b"last words"] and real.closed
+    await asyncio.sleep(0)
+    assert real.writes == [b"last words"]
+
+    wrapped, real = _wrap()
+    wrapped.write(b"never sent")
+    wrapped.abort()
+    await asyncio.sleep(0)
+    assert real.writes == [] and real.aborted
+
+
+async def test_everything_else_is_the_real_transports() -> None:
+    wrapped, real = _wrap()
+    assert wrapped.get_extra_info("peername") == ("127.0.0.1", 1)
+    real.closed = True
+    assert wrapped.is_closing()
+    wrapped.write(b"to a closed socket")
+    await asyncio.sleep(0)
+    assert real.writes == []
+
+
+async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    assert scope["type"] == "http"
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"11")]})
+    await send({"type": "http.response.body", "body": b"hello ", "more_body": True})
+    await send({"type": "http.response.body", "body": b"world", "more_body": False})
+
+
+def test_served_answers_are_whole_and_keep_alive_works() -> None:
+    assert uvicorn_config(_app, host="127.0.0.1", port=1).access_log is False
+    server = UvicornThread(_app, as_gateway=True)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            for _ in range(3):  # the same connection answers again: nothing was left unsent or closed
+                sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                data = b""
+                while not data.endswith(b"hello world"):
+                    chunk = sock.recv(4096)
+                    assert chunk, f"connection closed after {data!r}"
+                    data += chunk
+                assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        server.stop()
