@@ -289,7 +289,7 @@ class Exchange:
         amount = cost(usage, self.price)
         for attempt in (1, 2):
             try:
-                await self.gw.store.settle(self.hold.id, amount, ref, final=True)
+                await self.gw.store.charge(self.hold.id, amount, ref)
                 return
             except Exception:
                 # A final settle happens once, so trying again cannot charge twice. If both tries fail the

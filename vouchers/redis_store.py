@@ -388,6 +388,16 @@ class RedisStore:
         idempotency_key: str | None = None,
     ) -> JournalLine:
         """Debit `actual` against a hold; see `vouchers.store` for the exact rules."""
+        return line_from(await self._settle(hold_id, actual, ref, final, idempotency_key))
+
+    async def charge(self, hold_id: str, actual: int, ref: ChargeRef) -> None:
+        """`settle(hold_id, actual, ref, final=True)` without reading back its journal line."""
+        await self._settle(hold_id, actual, ref, True, None)
+
+    async def _settle(
+        self, hold_id: str, actual: int, ref: ChargeRef, final: bool, idempotency_key: str | None
+    ) -> str:
+        """Run the settle script; the journal line in its stored form."""
         check_amount(actual, "actual", allow_zero=True)
         if not final and idempotency_key is None:
             raise InvalidRequest("a partial settle needs its own idempotency key", param="idempotency_key")
@@ -425,7 +435,8 @@ class RedisStore:
         )
         if reply[0] == "notfound":
             raise NotFound(f"no hold {hold_id}", param="hold_id")
-        return line_from(reply[1])
+        line: str = reply[1]
+        return line
 
     async def _release(self, hold_id: str, *, only_expired: bool) -> tuple[bool, Hold]:
         startup_id, _ = await self._owner(hold_id)

@@ -231,6 +231,10 @@ class SqliteStore:
             write=True,
         )
 
+    async def charge(self, hold_id: str, actual: int, ref: ChargeRef) -> None:
+        """`settle(hold_id, actual, ref, final=True)` without returning its journal line."""
+        await self.settle(hold_id, actual, ref)
+
     async def release(self, hold_id: str) -> Hold:
         """Free what an open hold still holds; NotFound if unknown."""
         return await self._runner.run(lambda conn: ledger.release(conn, hold_id), write=True)

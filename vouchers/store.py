@@ -124,6 +124,11 @@ class Store(Protocol):
         """Debit `actual` against a hold; see the module docstring for the exact rules."""
         ...
 
+    async def charge(self, hold_id: str, actual: int, ref: ChargeRef) -> None:
+        """`settle(hold_id, actual, ref, final=True)` for a caller that does not need the journal line back
+        (the gateway after each answer): the same rules, without the cost of reading the line."""
+        ...
+
     async def release(self, hold_id: str) -> Hold:
         """Free what an open hold still holds; NotFound if unknown."""
         ...

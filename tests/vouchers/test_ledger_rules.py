@@ -275,6 +275,20 @@ async def test_final_settle_happens_once(store: Store) -> None:
     assert len(await store.journal("acme")) == 1
 
 
+async def test_charge_is_a_final_settle_that_returns_nothing(store: Store) -> None:
+    await acme(store)
+    await store.grant("acme", M, 100)
+    hold = await store.reserve("acme", M, 50, ttl_s=30, idempotency_key="k")
+    assert await store.charge(hold.id, 40, ref()) is None  # type: ignore[func-returns-value]
+    await store.charge(hold.id, 45, ref(2))  # once, like any final settle
+    again = await store.settle(hold.id, 30, ref(3))
+    assert (again.amount, again.hold_id, again.ref) == (40, hold.id, ref())
+    assert await figures(store) == (100, 40, 0, 60)
+    assert len(await store.journal("acme")) == 1
+    with pytest.raises(NotFound):
+        await store.charge("hold_missing", 1, ref())
+
+
 async def test_settle_same_key_charges_once(store: Store) -> None:
     await acme(store)
     await store.grant("acme", M, 100)
