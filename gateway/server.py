@@ -1,9 +1,9 @@
-"""How the gateway is served: uvicorn with httptools, whose writes of one event-loop turn leave together.
+"""How the gateway is served: uvicorn with httptools, with a response's head and body sent together.
 
 uvicorn writes a response's status line and headers as soon as the app sends them, then the body in a
-second write: two socket sends, and two wake-ups of the client, for every unary answer. Sending costs
-more CPU than anything else per request here, so the connection's transport is wrapped to gather what
-one turn of the loop writes and send it at the end of that turn, in one call.
+second write: two socket sends, and two wake-ups of the client, for every unary answer. Sends cost more
+CPU than anything else per request here, so each connection's transport holds a write back until the
+next one of the same event-loop turn (or the end of that turn) and sends both at once.
 """
 
 from __future__ import annotations
@@ -16,37 +16,45 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class CoalescingTransport:
-    """A transport whose writes made in one event-loop turn go out as one write of the real transport.
+    """A transport that joins a write with the next one of the same event-loop turn into one send.
 
+    A write is held back until the next write (then both go at once) or the end of the turn, whichever
+    comes first: the status line and headers leave with the body (or a stream's first event), and no
+    write waits past the turn that made it.
     Everything else is the real transport's. Closing sends what is pending first; aborting drops it.
     """
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
-        self._pending: list[bytes] = []
+        self._pending: bytes | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
-        if not self._pending:
+        pending = self._pending
+        if pending is None:
+            self._pending = bytes(data)
             self._loop.call_soon(self._flush)
-        self._pending.append(bytes(data))
+            return
+        self._pending = None
+        if not self._transport.is_closing():
+            self._transport.write(pending + data)
 
     def _flush(self) -> None:
         pending = self._pending
-        if not pending:
+        if pending is None:
             return
-        self._pending = []
+        self._pending = None
         if not self._transport.is_closing():
-            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            self._transport.write(pending)
 
     def close(self) -> None:
         self._flush()
         self._transport.close()
 
     def abort(self) -> None:
-        self._pending = []
+        self._pending = None
         self._transport.abort()
 
     def is_closing(self) -> bool:
@@ -59,7 +67,7 @@ class CoalescingTransport:
         self._transport.resume_reading()
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(len(p) for p in self._pending)
+        return self._transport.get_write_buffer_size() + len(self._pending or b"")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)

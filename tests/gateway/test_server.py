@@ -43,18 +43,23 @@ def _wrap() -> tuple[CoalescingTransport, RecordingTransport]:
     return CoalescingTransport(real, asyncio.get_running_loop()), real  # type: ignore[arg-type]
 
 
-async def test_writes_of_one_turn_leave_in_one_send_in_order() -> None:
+async def test_a_write_waits_for_the_next_one_of_its_turn_and_no_longer() -> None:
     wrapped, real = _wrap()
     wrapped.write(b"HTTP/1.1 200 OK\r\n\r\n")
     wrapped.write(b"")
-    wrapped.write(b"body")
     assert real.writes == []
-    assert wrapped.get_write_buffer_size() == len(b"HTTP/1.1 200 OK\r\n\r\nbody")
-    await asyncio.sleep(0)
+    assert wrapped.get_write_buffer_size() == len(b"HTTP/1.1 200 OK\r\n\r\n")
+    wrapped.write(b"body")  # the head leaves with the body, at once
     assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
-    wrapped.write(b"next turn")
+    wrapped.write(b"event 1")
+    assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+    await asyncio.sleep(0)  # alone in its turn: sent when the turn ends
+    assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody", b"event 1"]
+    wrapped.write(b"event 2")
+    wrapped.write(b"event 3")
+    wrapped.write(b"event 4")
     await asyncio.sleep(0)
-    assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody", b"next turn"]
+    assert real.writes[2:] == [b"event 2event 3", b"event 4"]
 
 
 async def test_close_sends_what_is_pending_first_and_abort_drops_it() -> None:
