@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -30,22 +30,29 @@ def _json(payload: object, status: int = 200) -> Response:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over `limit` bytes before reading it all."""
+    """The request body, refusing (413) anything over `limit` bytes before reading it all.
+
+    Reads the ASGI messages itself: Starlette's `Request.stream()` wraps them in an async generator,
+    which costs more than the rest of reading a typical body.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+    receive = request.receive
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
-            chunks.append(chunk)
-    except ClientDisconnect as exc:
-        # Nobody will read the answer; this only ends the request quietly, before anything was held.
-        raise InvalidRequest("The client went away while sending the body.") from exc
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            # Nobody will read the answer; this only ends the request quietly, before anything was held.
+            raise InvalidRequest("The client went away while sending the body.")
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _prompt_tokens(gw: Gateway, replicas: list[WorkerRecord], parsed: ParsedRequest, raw: bytes,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import openai
+import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.gateway.conftest import MODEL, Running, eventually, register
+from tests.gateway.conftest import ADMIN_TOKEN, MODEL, Running, eventually, register
 from tests.gateway.fake_upstream import FakeUpstream, UvicornThread
 from vouchers.clock import ManualClock
 from vouchers.store import Store
@@ -118,6 +121,56 @@ async def test_oversized_body_is_413(gateway: Running, upstream: FakeUpstream, s
     with pytest.raises(openai.APIStatusError) as info:
         await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": huge}])
     assert info.value.status_code == 413 and info.value.code == "request_too_large"
+
+
+async def _chunked_post(url: str, key: str, pieces: list[bytes]) -> tuple[int, bytes]:
+    """POST a body sent in chunks, each on its own (no content-length: the size is known only while reading).
+
+    The connection stays open: a server that answers before reading every chunk would reset a closing one.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+                     + f"authorization: Bearer {key}\r\ntransfer-encoding: chunked\r\n\r\n".encode())
+        for piece in pieces:
+            writer.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        return int(head.split(b" ")[1]), await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
+async def test_a_body_sent_in_chunks_is_read_whole_and_its_size_limit_holds(
+    settings: GatewaySettings, clock: ManualClock, upstream: FakeUpstream, store: Store
+) -> None:
+    await register(store, upstream)
+    server = UvicornThread(create_app(settings.model_copy(update={"max_body_bytes": 4096}), clock=clock),
+                           lifespan="on", as_gateway=True)
+    server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as admin:
+            await admin.post("/admin/v1/startups", json={"id": "acme", "name": "Acme"})
+            key = (await admin.post("/admin/v1/startups/acme/keys", json={})).json()["key"]
+            await admin.post("/admin/v1/startups/acme/vouchers", json={"kind": "model", "amount": "10"})
+            await admin.put(f"/admin/v1/prices/{MODEL}", json={"input_per_1m": "1000", "output_per_1m": "1000"})
+            body = orjson.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": 4})
+            status, answer = await _chunked_post(server.url, key, [body[i:i + 7] for i in range(0, len(body), 7)])
+            assert status == 200, answer
+            assert len(upstream.state.requests) == 1
+            assert upstream.state.requests[0]["messages"] == MESSAGES  # the pieces were joined in order
+            big = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * 5000}]})
+            status, answer = await _chunked_post(server.url, key, [big[i:i + 1000] for i in range(0, len(big), 1000)])
+            assert status == 413 and orjson.loads(answer)["error"]["code"] == "request_too_large"
+            assert len(upstream.state.requests) == 1  # the oversized one never reached the model
+            held = (await admin.get("/admin/v1/startups/acme/balance")).json()["model"]["held"]
+            assert held == "0"
+    finally:
+        server.stop()
 
 
 async def test_insufficient_quota_is_429_that_the_sdk_does_not_retry(
