@@ -27,12 +27,14 @@ def gateway(
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.server import uvicorn_config
+    from gateway.server import tune_gc, uvicorn_config
     from gateway.settings import GatewaySettings
 
     settings = GatewaySettings()
     app = create_app(settings)
-    uvicorn.Server(uvicorn_config(app, host=host or settings.host, port=port or settings.port)).run()
+    server = uvicorn.Server(uvicorn_config(app, host=host or settings.host, port=port or settings.port))
+    tune_gc()
+    server.run()
 
 
 def worker(model: str = typer.Option(..., "--model", help="a model name from the model config")) -> None:

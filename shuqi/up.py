@@ -279,6 +279,9 @@ async def _bring_up(
         ready.cancel()
         if not server.ready.is_set():
             return 1
+        from gateway.server import tune_gc
+
+        tune_gc()  # everything is built: what exists now lives as long as the process
     print(banner(settings, [s.name for s in specs], dashboard_url), flush=True)
     return 0
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from typing import Any
 
-from gateway.server import CoalescingTransport, uvicorn_config
+from gateway.server import CoalescingTransport, tune_gc, uvicorn_config
 from tests.gateway.fake_upstream import UvicornThread
 
 
@@ -111,3 +112,14 @@ def test_served_answers_are_whole_and_keep_alive_works() -> None:
                 assert data.startswith(b"HTTP/1.1 200 OK\r\n")
     finally:
         server.stop()
+
+
+def test_tune_gc_freezes_what_exists_and_collects_the_young_less_often() -> None:
+    threshold = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 10_000  # the imported libraries, at least
+        assert gc.get_threshold()[0] > threshold[0]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
