@@ -2,8 +2,8 @@
 
 uvicorn writes a response's status line and headers as soon as the app sends them, then the body in a
 second write: two socket sends, and two wake-ups of the client, for every unary answer. Sends cost more
-CPU than anything else per request here, so each connection's transport holds a write back until the
-next one of the same event-loop turn (or the end of that turn) and sends both at once.
+CPU than anything else per request here, so each connection's transport holds the head back until the
+body (or a stream's first event) follows and sends both at once.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class CoalescingTransport:
-    """A transport that joins a write with the next one of the same event-loop turn into one send.
+    """A transport that sends a response's head together with what follows it.
 
-    A write is held back until the next write (then both go at once) or the end of the turn, whichever
-    comes first: the status line and headers leave with the body (or a stream's first event), and no
-    write waits past the turn that made it.
+    A write that starts a response (uvicorn writes the status line and headers on their own) is held back
+    until the next write, then both go in one send; if no write follows in the same event-loop turn (an
+    answer without a body), it goes at the end of that turn. Every other write goes straight through:
+    a streamed event must not wait, and the relay already joins what arrived together into one write.
     Everything else is the real transport's. Closing sends what is pending first; aborting drops it.
     """
 
@@ -34,13 +35,15 @@ class CoalescingTransport:
         if not data:
             return
         pending = self._pending
-        if pending is None:
+        if pending is not None:
+            self._pending = None
+            data = pending + data
+        elif data[:7] == b"HTTP/1.":
             self._pending = bytes(data)
             self._loop.call_soon(self._flush)
             return
-        self._pending = None
         if not self._transport.is_closing():
-            self._transport.write(pending + data)
+            self._transport.write(data)
 
     def _flush(self) -> None:
         pending = self._pending

@@ -44,7 +44,7 @@ def _wrap() -> tuple[CoalescingTransport, RecordingTransport]:
     return CoalescingTransport(real, asyncio.get_running_loop()), real  # type: ignore[arg-type]
 
 
-async def test_a_write_waits_for_the_next_one_of_its_turn_and_no_longer() -> None:
+async def test_a_head_leaves_with_what_follows_it_and_other_writes_go_straight_through() -> None:
     wrapped, real = _wrap()
     wrapped.write(b"HTTP/1.1 200 OK\r\n\r\n")
     wrapped.write(b"")
@@ -52,27 +52,27 @@ async def test_a_write_waits_for_the_next_one_of_its_turn_and_no_longer() -> Non
     assert wrapped.get_write_buffer_size() == len(b"HTTP/1.1 200 OK\r\n\r\n")
     wrapped.write(b"body")  # the head leaves with the body, at once
     assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
-    wrapped.write(b"event 1")
-    assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
-    await asyncio.sleep(0)  # alone in its turn: sent when the turn ends
-    assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody", b"event 1"]
+    wrapped.write(b"event 1")  # not a head: never waits
     wrapped.write(b"event 2")
-    wrapped.write(b"event 3")
-    wrapped.write(b"event 4")
+    assert real.writes[1:] == [b"event 1", b"event 2"]
+    wrapped.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # a head with nothing after it in its turn
+    assert real.writes[3:] == []
+    await asyncio.sleep(0)  # sent when the turn ends
+    assert real.writes[3:] == [b"HTTP/1.1 204 No Content\r\n\r\n"]
     await asyncio.sleep(0)
-    assert real.writes[2:] == [b"event 2event 3", b"event 4"]
+    assert len(real.writes) == 4
 
 
 async def test_close_sends_what_is_pending_first_and_abort_drops_it() -> None:
     wrapped, real = _wrap()
-    wrapped.write(b"last words")
+    wrapped.write(b"HTTP/1.1 200 OK\r\n\r\n")
     wrapped.close()
-    assert real.writes == [b"last words"] and real.closed
+    assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\n"] and real.closed
     await asyncio.sleep(0)
-    assert real.writes == [b"last words"]
+    assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\n"]
 
     wrapped, real = _wrap()
-    wrapped.write(b"never sent")
+    wrapped.write(b"HTTP/1.1 200 OK\r\n\r\n")
     wrapped.abort()
     await asyncio.sleep(0)
     assert real.writes == [] and real.aborted
@@ -83,6 +83,7 @@ async def test_everything_else_is_the_real_transports() -> None:
     assert wrapped.get_extra_info("peername") == ("127.0.0.1", 1)
     real.closed = True
     assert wrapped.is_closing()
+    wrapped.write(b"HTTP/1.1 200 OK\r\n\r\n")
     wrapped.write(b"to a closed socket")
     await asyncio.sleep(0)
     assert real.writes == []
