@@ -26,11 +26,20 @@ class StreamCounter:
     def feed(self, data: bytes) -> bytes:
         """Bytes to send on to the client for this piece of the upstream stream (maybe empty)."""
         buffer = self._buffer + data if self._buffer else data
-        if b"\r\n" in buffer:
+        if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
-        if _SEP not in buffer:
+        first = buffer.find(_SEP)
+        if first < 0:
             self._buffer = buffer
             return b""
+        if first == len(buffer) - 2:
+            # Exactly one complete event, the usual piece of a stream relayed as it is made: pass it on uncopied.
+            self._buffer = b""
+            event = buffer[:first]
+            kept = self._relay(event)
+            if kept is event:
+                return buffer
+            return b"" if kept is None else kept + _SEP
         *complete, self._buffer = buffer.split(_SEP)
         out = [kept + _SEP for event in complete if (kept := self._relay(event)) is not None]
         return b"".join(out)
@@ -58,8 +67,11 @@ class StreamCounter:
             return event
         choices = chunk.get("choices")
         if isinstance(choices, list):
-            self.chunks_with_output += sum(1 for c in choices if _has_output(c))
-        usage = usage_from(chunk.get("usage"))
+            for choice in choices:
+                if _has_output(choice):
+                    self.chunks_with_output += 1
+        reported = chunk.get("usage")
+        usage = usage_from(reported) if reported is not None else None
         if usage is None:
             return event
         self.usage = usage

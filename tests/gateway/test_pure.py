@@ -6,6 +6,8 @@ import asyncio
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway import metering, ratelimit, tokens, validation
 from gateway.context import Gateway
@@ -49,6 +51,26 @@ def test_counter_hides_running_usage_on_text_chunks_like_openai(forward_usage: b
     else:
         assert "usage" not in events[0] and len(events) == 1
     assert counter.usage == metering.Usage(7, 2)
+
+
+ROLE = _event({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+COMMENT = b": keep-alive\n\n"
+
+
+@given(events=st.lists(st.sampled_from([CONTENT, ROLE, COMMENT, USAGE, DONE, b"\n\n"]), max_size=12),
+       cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8), forward_usage=st.booleans())
+def test_counter_output_and_counts_do_not_depend_on_how_the_stream_is_cut(
+    events: list[bytes], cuts: list[int], forward_usage: bool
+) -> None:
+    stream = b"".join(events)
+    whole = StreamCounter(forward_usage=forward_usage)
+    expected = whole.feed(stream) + whole.flush()
+    assert expected == b"".join(e for e in events if forward_usage or e != USAGE)
+    for pieces in ([stream[a:b] for a, b in zip([0, *sorted(cuts)], [*sorted(cuts), len(stream)], strict=True)],
+                   events):  # cut anywhere, or one event at a time (how a model's stream usually arrives)
+        counter = StreamCounter(forward_usage=forward_usage)
+        assert b"".join(counter.feed(p) for p in pieces) + counter.flush() == expected
+        assert (counter.usage, counter.chunks_with_output) == (whole.usage, events.count(CONTENT))
 
 
 def test_counter_counts_without_usage_and_keeps_crlf_streams_readable() -> None:
