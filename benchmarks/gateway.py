@@ -54,6 +54,7 @@ class Options:
     chunk_pair: tuple[int, int]
     ttfb_requests: int
     pace_ms: int = 4  # the paced c=8 load: each connection waits this long between requests
+    rounds: int = 3  # each main load is run this many times, interleaved; figures are the median round's
 
 
 def body(*, stream: bool, chunks: int, interval_ms: float = 0.0) -> str:
@@ -161,6 +162,26 @@ def load(target: _targets.Target, upstream: Service, payload: str, connections: 
     }
 
 
+_COUNTS = ("requests", "errors", "upstream_served", "requests_metered")  # summed over rounds, not medians
+
+
+def median_run(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One load over its rounds: each rate, latency and cost is its median round's, each count the total.
+
+    The rounds themselves are kept under `rounds`.
+    """
+    out: dict[str, Any] = {}
+    for key in rounds[0]:
+        values = sorted(r[key] for r in rounds if r.get(key) is not None)
+        if key in _COUNTS:
+            out[key] = sum(values) if len(values) == len(rounds) else None
+        else:
+            out[key] = values[len(values) // 2] if values else None
+    if len(rounds) > 1:
+        out["rounds"] = rounds
+    return out
+
+
 def per_chunk(target: _targets.Target, upstream: Service, opts: Options) -> dict[str, Any]:
     """CPU per request of streams of two lengths at concurrency 8; the slope is the per-chunk relay cost."""
     short, long_ = opts.chunk_pair
@@ -213,12 +234,18 @@ def measure(opts: Options, work: Path) -> dict[str, Any]:
     """Run every load on every target (interleaved) and return the raw figures per case."""
     with running(opts, work) as (upstream, targets):
         cases: dict[str, dict[str, Any]] = {name: {"loads": {m: {} for m in MODES}} for name in targets}
-        for mode in MODES:
-            payload = body(stream=mode == "stream", chunks=opts.chunks)
-            for c in opts.concurrency:
-                for name, target in targets.items():
-                    log.info("%s %s c=%d", name, mode, c)
-                    cases[name]["loads"][mode][str(c)] = load(target, upstream, payload, c, opts)
+        runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+        # Whole rounds, each over every load and target: a slow spell of the machine lands in one round
+        # of every path rather than in every round of one.
+        for round_no in range(1, opts.rounds + 1):
+            for mode in MODES:
+                payload = body(stream=mode == "stream", chunks=opts.chunks)
+                for c in opts.concurrency:
+                    for name, target in targets.items():
+                        log.info("round %d/%d: %s %s c=%d", round_no, opts.rounds, name, mode, c)
+                        runs.setdefault((name, mode, c), []).append(load(target, upstream, payload, c, opts))
+        for (name, mode, c), rounds in runs.items():
+            cases[name]["loads"][mode][str(c)] = median_run(rounds)
         if opts.pace_ms:
             # The same 8 connections below saturation: latency added per request rather than queueing.
             payload = body(stream=False, chunks=opts.chunks)
@@ -278,6 +305,7 @@ def meta(opts: Options) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": {"cpus": _cpus(), "python": platform.python_version(), "kernel": platform.release()},
         "seconds": opts.seconds,
+        "rounds": opts.rounds,
         "warmup_s": opts.warmup,
         "concurrency": list(opts.concurrency),
         "stream_chunks": opts.chunks,
@@ -300,7 +328,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Options]:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print the full result as one JSON object")
-    p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load (default 10)")
+    p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per load and round (default 6)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of the main loads; each figure is its median over the rounds (default 3)")
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each load (default 2)")
     p.add_argument("--concurrency", default="1,8,64", help="comma-separated connection counts")
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
@@ -325,7 +355,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Options]:
     opts = Options(
         seconds=args.seconds, warmup=args.warmup, concurrency=tuple(int(c) for c in args.concurrency.split(",")),
         cases=cases, chunks=args.chunks, chunk_pair=(short, long_), ttfb_requests=args.ttfb_requests,
-        pace_ms=args.pace_ms,
+        pace_ms=args.pace_ms, rounds=max(1, args.rounds),
     )
     return args, opts
 

@@ -71,9 +71,8 @@ async def _prompt_tokens(gw: Gateway, replicas: list[WorkerRecord], parsed: Pars
     return (min(counted, bound), True) if counted is not None else (bound, False)
 
 
-async def _reserve(gw: Gateway, caller: Caller, request: Request, request_id: str, amount: int) -> Hold | None:
-    if amount <= 0:
-        return None
+async def _reserve(gw: Gateway, caller: Caller, request: Request, request_id: str, amount: int) -> Hold:
+    """Hold the worst case. A free request (an unpriced model) holds 0: its settle still journals the tokens."""
     ttl = gw.settings.hold_ttl_s
     idem = request.headers.get("idempotency-key")
     if idem is None:
@@ -143,8 +142,6 @@ async def _admit(gw: Gateway, caller: Caller, request: Request, request_id: str,
         headers.update(rate_headers)
         caller = Caller(caller.startup_id, caller.key_id)  # the rate limit call checked the key
     amount = worst_case(prompt, budget, price)
-    if amount <= 0:
-        caller = await verified(gw.store, request, caller)  # no hold, so no store call checked it
     hold = await _reserve(gw, caller, request, request_id, amount)
     return Exchange(gw, startup_id, parsed, request_id, price, hold, prompt, exact, replicas, headers, started)
 

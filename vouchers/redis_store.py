@@ -313,7 +313,7 @@ class RedisStore:
         key_id: str | None = None,
     ) -> Hold:
         """Hold `amount` atomically or raise InsufficientQuota; same key returns the first hold."""
-        check_amount(amount, "amount")
+        check_amount(amount, "amount", allow_zero=True)
         check_ttl(ttl_s)
         kind = KINDS.get(kind) or Kind(kind)  # a plain string works too; an unknown one is a ValueError
         now = self._clock.now()
@@ -322,7 +322,7 @@ class RedisStore:
         reply = await self._scripts.run(
             "reserve",
             [sk.live(kind), sk.open_holds, sk.hold_idempotency, self.keys.hold_owner, sk.hold(hold_id),
-             self.keys.keys_revoked],
+             self.keys.keys_revoked, self.keys.startups],
             [
                 sk.voucher_prefix,
                 sk.hold_prefix,
@@ -334,10 +334,13 @@ class RedisStore:
                 f"{kind}:{startup_id}",
                 hold_info(hold_id, startup_id, kind, idempotency_key, now),
                 key_id or "",
+                startup_id,
             ],
         )
         if reply[0] == "revoked":
             raise AuthenticationError(BAD_KEY)
+        if reply[0] == "nostartup":
+            raise NotFound(f"no startup {startup_id}", param="startup_id")
         if reply[0] == "insufficient":
             raise InsufficientQuota(
                 f"not enough {kind.value} quota: {amount} requested, {reply[1]} available", param="amount"

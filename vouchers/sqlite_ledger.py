@@ -99,12 +99,14 @@ def key_revoked(conn: sqlite3.Connection, key_id: str | None) -> bool:
 def reserve(
     conn: sqlite3.Connection, now: float, startup_id: str, kind: Kind, amount: int, ttl_s: float, idempotency_key: str,
     key_id: str | None = None,
-) -> Hold | InsufficientQuota | AuthenticationError:
+) -> Hold | InsufficientQuota | AuthenticationError | NotFound:
     """Hold `amount` over vouchers in force in burn order; the refusal is returned for the caller to raise."""
-    check_amount(amount, "amount")
+    check_amount(amount, "amount", allow_zero=True)
     check_ttl(ttl_s)
     if key_revoked(conn, key_id):
         return AuthenticationError(BAD_KEY)
+    if amount == 0 and conn.execute("SELECT 1 FROM startups WHERE id = ?", (startup_id,)).fetchone() is None:
+        return NotFound(f"no startup {startup_id}", param="startup_id")
     row = conn.execute(
         f"SELECT {HOLD_COLUMNS} FROM holds WHERE startup_id = ? AND idempotency_key = ?", (startup_id, idempotency_key)
     ).fetchone()

@@ -203,7 +203,7 @@ class SqliteStore:
                                         key_id),
             write=True,
         )
-        if isinstance(outcome, InsufficientQuota | AuthenticationError):
+        if isinstance(outcome, InsufficientQuota | AuthenticationError | NotFound):
             raise outcome
         return outcome
 

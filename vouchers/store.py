@@ -102,6 +102,8 @@ class Store(Protocol):
     ) -> Hold:
         """Hold `amount` atomically or raise InsufficientQuota; same key returns the first hold.
 
+        `amount` may be 0: a hold that takes nothing, whose settle still journals the tokens used (a request
+        to a free model); NotFound if the startup does not exist, as nothing else would notice.
         With `key_id`, the API key must not be revoked, checked in the same atomic step (else
         AuthenticationError and nothing changes): a gateway that remembers which startup a key belongs to
         admits a request in one call and a revocation still stops the very next one.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import httpx
 import pytest
 
 from tests.gateway.conftest import MODEL, Running, register
@@ -88,7 +89,7 @@ async def test_completions_and_embeddings(gateway: Running, upstream: FakeUpstre
     assert [m.id for m in models.data] == [MODEL]
 
 
-async def test_unpriced_model_is_free_and_needs_no_voucher(
+async def test_unpriced_model_is_free_and_needs_no_voucher_but_its_tokens_are_counted(
     gateway: Running, upstream: FakeUpstream, store: Store
 ) -> None:
     await register(store, upstream)
@@ -96,5 +97,19 @@ async def test_unpriced_model_is_free_and_needs_no_voucher(
     client = gateway.client(key)
     done = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert done.choices[0].message.content == "tok tok tok tok tok"
+    stream = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                  stream=True, stream_options={"include_usage": True})
+    streamed = [c async for c in stream]
+    assert done.usage is not None and streamed[-1].usage is not None
     b = await gateway.balance("acme")
-    assert b["spent"] == "0"
+    assert (b["spent"], b["held"], b["granted"]) == ("0", "0", "0")
+    # Free is not unmetered: each request is journaled with its tokens, at no cost.
+    usage = await client.get("/usage", cast_to=httpx.Response)
+    lines = usage.json()["data"]
+    assert len(lines) == 2 and all(line["amount"] == "0" and line["model"] == MODEL for line in lines)
+    prompt = sum(line["prompt_tokens"] for line in lines)
+    completion = sum(line["completion_tokens"] for line in lines)
+    assert completion == done.usage.completion_tokens + streamed[-1].usage.completion_tokens
+    assert prompt == done.usage.prompt_tokens + streamed[-1].usage.prompt_tokens
+    text = (await gateway.admin.get("/metrics")).text
+    assert f'shuqi_tokens_total{{model="{MODEL}",startup="acme",type="completion"}} {completion}.0' in text.splitlines()

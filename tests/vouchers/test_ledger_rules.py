@@ -225,13 +225,30 @@ async def test_reserve_is_all_or_nothing(store: Store) -> None:
     assert await figures(store) == (100, 0, 100, 0)
 
 
-@pytest.mark.parametrize("amount", [0, -1])
+@pytest.mark.parametrize("amount", [-1, -100])
 async def test_reserve_rejects_bad_amount(store: Store, amount: int) -> None:
     await acme(store)
     await store.grant("acme", M, 100)
     with pytest.raises(InvalidRequest) as info:
         await store.reserve("acme", M, amount, ttl_s=30, idempotency_key="k")
     assert info.value.param == "amount"
+    assert await figures(store) == (100, 0, 0, 100)
+
+
+async def test_a_zero_hold_takes_nothing_and_its_settle_journals_the_tokens(store: Store) -> None:
+    await acme(store)  # no voucher at all: a free request still goes through
+    hold = await store.reserve("acme", M, 0, ttl_s=30, idempotency_key="free")
+    assert (hold.amount, hold.allocations, hold.status) == (0, (), HoldStatus.OPEN)
+    assert await figures(store) == (0, 0, 0, 0)
+    await store.charge(hold.id, 0, ChargeRef("r-free", model="m1", prompt_tokens=7, completion_tokens=3))
+    [line] = await store.journal("acme")
+    assert (line.amount, line.overage, line.ref.prompt_tokens, line.ref.completion_tokens) == (0, 0, 7, 3)
+    totals = {(t.startup_id, t.kind, t.label): (t.amount, t.prompt_tokens, t.completion_tokens)
+              for t in await store.usage_totals()}
+    assert totals == {("acme", M, "m1"): (0, 7, 3)}
+    assert await figures(store) == (0, 0, 0, 0)
+    with pytest.raises(NotFound):
+        await store.reserve("nobody", M, 0, ttl_s=30, idempotency_key="free")
 
 
 async def test_reserve_same_key_holds_once(store: Store) -> None:

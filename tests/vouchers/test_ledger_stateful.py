@@ -193,7 +193,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.run(self.store.void_voucher(voucher))
         self.model.vouchers[voucher].voided = True
 
-    @rule(target=holds, kind=KINDS, amount=st.integers(1, 120), ttl=st.integers(1, 120), key=st.integers(0, 20))
+    @rule(target=holds, kind=KINDS, amount=st.integers(0, 120), ttl=st.integers(1, 120), key=st.integers(0, 20))
     def reserve(self, kind: Kind, amount: int, ttl: int, key: int) -> Any:
         idem = f"r{key}"
         known = self.model.reserve_keys.get(idem)
