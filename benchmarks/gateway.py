@@ -264,8 +264,8 @@ def measure(opts: Options, work: Path) -> dict[str, Any]:
         return cases
 
 
-def profile(opts: Options, work: Path, seconds: float, out_dir: Path) -> dict[str, Any]:
-    """py-spy on shuqi's gateway under non-streaming and streaming load at c=8; summaries per mode."""
+def profile(opts: Options, work: Path, seconds: float, out_dir: Path, connections: int) -> dict[str, Any]:
+    """py-spy on shuqi's gateway under non-streaming and streaming load; summaries per mode."""
     spy = py_spy(_targets.ROOT)
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries: dict[str, Any] = {}
@@ -275,10 +275,10 @@ def profile(opts: Options, work: Path, seconds: float, out_dir: Path) -> dict[st
             raise RuntimeError("shuqi has no gateway process to profile")
         for mode in MODES:
             payload = body(stream=mode == "stream", chunks=opts.chunks)
-            _wrk.run(shuqi.url, payload, shuqi.headers, connections=8, seconds=max(opts.warmup, 1))
+            _wrk.run(shuqi.url, payload, shuqi.headers, connections=connections, seconds=max(opts.warmup, 1))
             collapsed = out_dir / f"shuqi-profile-{mode}.txt"
             spy_proc = _profile.record(spy, shuqi.proxy.pid, seconds, collapsed)
-            _wrk.run(shuqi.url, payload, shuqi.headers, connections=8, seconds=seconds + 1)
+            _wrk.run(shuqi.url, payload, shuqi.headers, connections=connections, seconds=seconds + 1)
             _, err = spy_proc.communicate(timeout=60)
             if spy_proc.returncode != 0 or not collapsed.exists():
                 raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
@@ -343,6 +343,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Options]:
     p.add_argument("--out", type=Path, help="also write the JSON result to this file")
     p.add_argument("--profile", type=float, default=0, metavar="SECONDS",
                    help="also profile shuqi's gateway with py-spy for this long per mode (writes collapsed stacks)")
+    p.add_argument("--profile-concurrency", type=int, default=8, help="connections while profiling (default 8)")
     p.add_argument("--profile-dir", type=Path, default=_targets.BENCH_DIR / "out",
                    help="where the collapsed stacks go (default benchmarks/out, not committed)")
     p.add_argument("--table", type=Path, metavar="JSON", help="print the markdown table of a saved result and exit")
@@ -370,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_debian_tools(nginx="nginx" in opts.cases)
     with tempfile.TemporaryDirectory(prefix="shuqi-bench-") as tmp:
         cases = measure(opts, Path(tmp)) if opts.cases else {}
-        profiled = profile(opts, Path(tmp), args.profile, args.profile_dir) if args.profile > 0 else None
+        profiled = (profile(opts, Path(tmp), args.profile, args.profile_dir, args.profile_concurrency)
+                    if args.profile > 0 else None)
     result: dict[str, Any] = {"meta": meta(opts), "cases": cases}
     result |= derive(cases)
     if profiled is not None:

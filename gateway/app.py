@@ -132,13 +132,18 @@ class _GatewayApp(FastAPI):
             return
         scope["app"] = self
         request = Request(scope, receive)
-        try:
-            response = await handler(request)
-        except ShuqiError as exc:
-            response = errors.error_response(exc)
-        except Exception:
-            response = errors.unexpected_error(request)
+        response = await self.answer(handler, request)
         await response(scope, receive, send)
+
+    async def answer(self, handler: Callable[[Request], Awaitable[Response]], request: Request) -> Response:
+        """A hot path's response, its errors rendered as every other route's (`gateway.server` calls this
+        directly, without the ASGI layers in between)."""
+        try:
+            return await handler(request)
+        except ShuqiError as exc:
+            return errors.error_response(exc)
+        except Exception:
+            return errors.unexpected_error(request)
 
 
 def create_app(settings: GatewaySettings, *, store: Store | None = None, clock: Clock | None = None) -> FastAPI:
