@@ -111,7 +111,7 @@ def reserve(
         f"SELECT {HOLD_COLUMNS} FROM holds WHERE startup_id = ? AND idempotency_key = ?", (startup_id, idempotency_key)
     ).fetchone()
     if row is not None:
-        return _hold_from_row(conn, row)
+        return dataclasses.replace(_hold_from_row(conn, row), replayed=True)
     release_expired(conn, now, startup_id)
     try:
         allocations = _allocate(conn, now, startup_id, kind, amount)
@@ -326,6 +326,8 @@ def _hold_from_row(conn: sqlite3.Connection, row: Any) -> Hold:
 
 
 def _allocate(conn: sqlite3.Connection, now: float, startup_id: str, kind: Kind, amount: int) -> list[tuple[str, int]]:
+    if amount == 0:
+        return []  # a hold of 0 takes nothing from any voucher
     rows = conn.execute(
         f"SELECT id, amount - spent - held FROM vouchers WHERE startup_id = :startup AND kind = :kind AND {IN_FORCE}"
         f" AND amount - spent - held > 0 ORDER BY {BURN_ORDER}",
