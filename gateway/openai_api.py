@@ -82,14 +82,21 @@ async def _reserve(gw: Gateway, caller: Caller, request: Request, request_id: st
     if not idem or len(idem) > _MAX_IDEMPOTENCY_KEY:
         raise InvalidRequest(f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters.",
                              param="Idempotency-Key")
-    # A released hold means an earlier attempt failed uncharged: the retry takes the next key in the chain,
-    # so any later retry finds the charged attempt and is never charged again.
+    # A released hold means an earlier attempt failed uncharged: the retry takes the next key in the chain.
+    # A hold another request made and did not release belongs to an attempt that was answered (and charged
+    # once) or is being answered now: running the model again would hand out a second answer for free.
     for attempt in range(_IDEMPOTENT_RETRIES):
         key = f"{caller.startup_id}:idem:{idem}#{attempt}"
         hold = await gw.store.reserve(caller.startup_id, Kind.MODEL, amount, ttl_s=ttl, idempotency_key=key,
                                       key_id=caller.check_key)
-        if hold.status is not HoldStatus.RELEASED:
-            return hold
+        if hold.status is HoldStatus.RELEASED:
+            continue
+        if hold.replayed:
+            state = "is still being answered" if hold.status is HoldStatus.OPEN else "was answered and charged once"
+            raise Conflict(f"A request with this Idempotency-Key {state}; its answer is not sent twice. "
+                           "Send a new key for a new request.", param="Idempotency-Key",
+                           headers={"x-should-retry": "false"})
+        return hold
     raise Conflict("This Idempotency-Key was used by too many failed requests; use a new key.",
                    param="Idempotency-Key")
 

@@ -83,6 +83,9 @@ class Hold:
     expires_at: float
     status: HoldStatus
     settled: int = 0  # debited through this hold so far (partial settlements included)
+    # True when `reserve` found the hold of an earlier call with the same key instead of creating one.
+    # Not stored: it says how this copy was obtained.
+    replayed: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)

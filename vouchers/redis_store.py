@@ -8,6 +8,7 @@ their `repr`, so they read back exactly. The store's clock, never Redis TIME, de
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -347,7 +348,7 @@ class RedisStore:
             )
         hold = hold_from(reply[1:])
         self._remember(hold.id, hold.startup_id, hold.kind)  # a repeated key may name another kind
-        return hold
+        return hold if hold.id == hold_id else dataclasses.replace(hold, replayed=True)
 
     async def extend(self, hold_id: str, *, ttl_s: float, add_amount: int = 0) -> Hold:
         """Push an open hold's expiry to now + ttl_s and optionally hold more (all-or-nothing)."""

@@ -100,7 +100,8 @@ class Store(Protocol):
         self, startup_id: str, kind: Kind, amount: int, *, ttl_s: float, idempotency_key: str,
         key_id: str | None = None,
     ) -> Hold:
-        """Hold `amount` atomically or raise InsufficientQuota; same key returns the first hold.
+        """Hold `amount` atomically or raise InsufficientQuota; same key returns the first hold (as it is
+        now, with `replayed` set).
 
         `amount` may be 0: a hold that takes nothing, whose settle still journals the tokens used (a request
         to a free model); NotFound if the startup does not exist, as nothing else would notice.

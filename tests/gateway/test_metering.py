@@ -111,25 +111,58 @@ async def test_upstream_breaking_mid_stream_ends_with_an_error_event_and_charges
     _consistent(b)
 
 
-async def test_idempotency_key_never_charges_twice(gateway: Running, upstream: FakeUpstream, store: Store) -> None:
+async def test_idempotency_key_never_charges_twice_nor_answers_twice(
+    gateway: Running, upstream: FakeUpstream, store: Store
+) -> None:
     await register(store, upstream)
     await gateway.set_price(MODEL, "0", "1000000")
     key = await gateway.onboard("acme", "100")
-    client = gateway.client(key)
+    client = gateway.client(key, max_retries=2)  # the SDK's own retries must not turn a refusal into a loop
     headers = {"Idempotency-Key": "retry-me-1"}
-    for _ in range(3):
-        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=headers)
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=headers)
+    served = len(upstream.state.requests)
+    for _ in range(2):
+        # The key's request was answered and charged: a retry gets neither the model again nor a charge.
+        with pytest.raises(openai.ConflictError) as refused:
+            await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=headers)
+        assert refused.value.code == "conflict" and refused.value.param == "Idempotency-Key"
+        assert refused.value.response.headers["x-should-retry"] == "false"
+    assert len(upstream.state.requests) == served
     assert (await gateway.balance("acme"))["spent"] == "5"
-    # A first attempt that failed charged nothing; its retry with the same key is charged once.
+    # A first attempt that failed charged nothing; its retry with the same key is answered and charged once.
     upstream.state.fail_status = 500
     failed = {"Idempotency-Key": "retry-me-2"}
     with pytest.raises(openai.APIStatusError):
         await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=failed)
     upstream.state.fail_status = None
-    for _ in range(2):
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=failed)
+    with pytest.raises(openai.ConflictError):
         await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=failed)
     b = await gateway.balance("acme")
     assert b["spent"] == "10" and b["held"] == "0"
+
+
+async def test_a_retry_while_its_key_is_still_being_answered_is_refused(
+    gateway: Running, upstream: FakeUpstream, store: Store
+) -> None:
+    await register(store, upstream)
+    await gateway.set_price(MODEL, "0", "1000000")
+    key = await gateway.onboard("acme", "100")
+    client = gateway.client(key)
+    headers = {"Idempotency-Key": "in-flight"}
+    upstream.state.chunk_delay_s = 0.3  # the stream is open for about a second after its first event
+    stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3, stream=True,
+                                                  extra_headers=headers)
+    with pytest.raises(openai.ConflictError) as refused:
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3, extra_headers=headers)
+    assert "still being answered" in refused.value.message
+    assert [c async for c in stream]  # the first attempt is not disturbed
+    assert len(upstream.state.requests) == 1
+
+    async def charged_once() -> bool:
+        return (await gateway.balance("acme"))["spent"] == "3"
+
+    await eventually(charged_once)
 
 
 async def test_price_change_applies_to_the_next_request(

@@ -259,6 +259,7 @@ async def test_reserve_same_key_holds_once(store: Store) -> None:
     first = await store.reserve("acme", M, 30, ttl_s=30, idempotency_key="req-1")
     again = await store.reserve("acme", M, 50, ttl_s=30, idempotency_key="req-1")
     assert again.id == first.id and again.amount == 30
+    assert not first.replayed and again.replayed  # the caller can tell it did not create the hold
     assert await figures(store) == (100, 0, 30, 70)
     # Keys are per startup: another startup's identical key is its own hold.
     other = await store.reserve("beta", M, 30, ttl_s=30, idempotency_key="req-1")

@@ -199,7 +199,7 @@ class LedgerMachine(RuleBasedStateMachine):
         known = self.model.reserve_keys.get(idem)
         if known is not None:
             hold = self.run(self.store.reserve(STARTUP, kind, amount, ttl_s=ttl, idempotency_key=idem))
-            assert hold.id == known
+            assert hold.id == known and hold.replayed
             return multiple()
         self.model.release_expired(self.now)
         taken = self.model.allocate(kind, amount, self.now)
@@ -208,7 +208,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.run(self.store.reserve(STARTUP, kind, amount, ttl_s=ttl, idempotency_key=idem))
             return multiple()
         hold = self.run(self.store.reserve(STARTUP, kind, amount, ttl_s=ttl, idempotency_key=idem))
-        assert dict(hold.allocations) == taken
+        assert dict(hold.allocations) == taken and not hold.replayed
         self.model.holds[hold.id] = MHold(hold.id, kind, taken, self.now + ttl)
         self.model.reserve_keys[idem] = hold.id
         return hold.id
