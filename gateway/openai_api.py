@@ -71,32 +71,51 @@ async def _prompt_tokens(gw: Gateway, replicas: list[WorkerRecord], parsed: Pars
     return (min(counted, bound), True) if counted is not None else (bound, False)
 
 
-async def _reserve(gw: Gateway, caller: Caller, request: Request, request_id: str, amount: int) -> Hold:
-    """Hold the worst case. A free request (an unpriced model) holds 0: its settle still journals the tokens."""
+class Replayed(Exception):
+    """A retry of a request that was answered before: the answer kept for its Idempotency-Key."""
+
+    def __init__(self, answer: bytes) -> None:
+        super().__init__("replayed")
+        self.answer = answer
+
+
+async def _reserve(gw: Gateway, caller: Caller, request: Request, request_id: str, amount: int
+                   ) -> tuple[Hold, str | None]:
+    """Hold the worst case; with it, the key to keep the answer under (requests with an Idempotency-Key).
+
+    A free request (an unpriced model) holds 0: its settle still journals the tokens.
+    """
     ttl = gw.settings.hold_ttl_s
     idem = request.headers.get("idempotency-key")
     if idem is None:
         key = f"{caller.startup_id}:req:{request_id}"
-        return await gw.store.reserve(caller.startup_id, Kind.MODEL, amount, ttl_s=ttl, idempotency_key=key,
+        hold = await gw.store.reserve(caller.startup_id, Kind.MODEL, amount, ttl_s=ttl, idempotency_key=key,
                                       key_id=caller.check_key)
+        return hold, None
     if not idem or len(idem) > _MAX_IDEMPOTENCY_KEY:
         raise InvalidRequest(f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters.",
                              param="Idempotency-Key")
     # A released hold means an earlier attempt failed uncharged: the retry takes the next key in the chain.
     # A hold another request made and did not release belongs to an attempt that was answered (and charged
-    # once) or is being answered now: running the model again would hand out a second answer for free.
+    # once) or is being answered now: the retry gets the kept answer, never a second run of the model.
     for attempt in range(_IDEMPOTENT_RETRIES):
         key = f"{caller.startup_id}:idem:{idem}#{attempt}"
         hold = await gw.store.reserve(caller.startup_id, Kind.MODEL, amount, ttl_s=ttl, idempotency_key=key,
                                       key_id=caller.check_key)
         if hold.status is HoldStatus.RELEASED:
             continue
-        if hold.replayed:
-            state = "is still being answered" if hold.status is HoldStatus.OPEN else "was answered and charged once"
-            raise Conflict(f"A request with this Idempotency-Key {state}; its answer is not sent twice. "
-                           "Send a new key for a new request.", param="Idempotency-Key",
+        if not hold.replayed:
+            return hold, key
+        if hold.status is HoldStatus.OPEN:
+            raise Conflict("A request with this Idempotency-Key is still being answered; it runs once. "
+                           "Retry once it has finished.", param="Idempotency-Key",
                            headers={"x-should-retry": "false"})
-        return hold
+        kept = await gw.store.kept_answer(caller.startup_id, key)
+        if kept is not None:
+            raise Replayed(kept)
+        raise Conflict("A request with this Idempotency-Key was answered and charged once, and its answer is not "
+                       "kept (streamed, too large or too old) to send again. Send a new key for a new request.",
+                       param="Idempotency-Key", headers={"x-should-retry": "false"})
     raise Conflict("This Idempotency-Key was used by too many failed requests; use a new key.",
                    param="Idempotency-Key")
 
@@ -121,6 +140,10 @@ async def _serve(request: Request, endpoint: Endpoint) -> Response:
             raise
         exchange = await _admit(gw, caller, request, request_id, parsed, raw, replicas, headers, started)
         return await exchange.run()
+    except Replayed as replay:
+        gw.metrics.requests.labels(startup_id, model, "200").inc()
+        return Response(replay.answer, media_type="application/json",
+                        headers={**headers, "idempotent-replayed": "true"})
     except ShuqiError as exc:
         if isinstance(exc, AuthenticationError) and caller is not None:
             gw.keys.forget(caller.key_id)
@@ -149,8 +172,9 @@ async def _admit(gw: Gateway, caller: Caller, request: Request, request_id: str,
         headers.update(rate_headers)
         caller = Caller(caller.startup_id, caller.key_id)  # the rate limit call checked the key
     amount = worst_case(prompt, budget, price)
-    hold = await _reserve(gw, caller, request, request_id, amount)
-    return Exchange(gw, startup_id, parsed, request_id, price, hold, prompt, exact, replicas, headers, started)
+    hold, answer_key = await _reserve(gw, caller, request, request_id, amount)
+    return Exchange(gw, startup_id, parsed, request_id, price, hold, prompt, exact, replicas, headers, started,
+                    answer_key=answer_key)
 
 
 async def chat_completions(request: Request) -> Response:

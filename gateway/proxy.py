@@ -104,6 +104,7 @@ class Exchange:
     replicas: list[WorkerRecord]
     headers: dict[str, str]
     started: float  # perf_counter at arrival
+    answer_key: str | None = None  # keep a non-streamed answer under this key for retries (Idempotency-Key)
     _done: bool = False
     _upstream_s: float = 0.0
     _sent_at: float = 0.0
@@ -205,7 +206,7 @@ class Exchange:
                 usage = Usage(self.prompt_estimate, len(content))
             # The answer goes out first; the charge follows it (reads of the ledger wait for it: Gateway.settled).
             self._done = True
-            self.gw.defer(self._charge(usage))
+            self.gw.defer(self._charge(usage) if self.answer_key is None else self._keep_and_charge(usage, content))
         except BaseException:
             await self._release()
             raise
@@ -296,6 +297,18 @@ class Exchange:
                 # answer is already delivered; the hold's TTL bounds what the unsettled request can hide.
                 log.exception("settle failed (attempt %s)", attempt,
                               extra={"request_id": self.request_id, "startup": self.startup_id})
+
+    async def _keep_and_charge(self, usage: Usage, answer: bytes) -> None:
+        """Keep the answer for a retry with the same Idempotency-Key, then charge (a retry that finds the
+        hold settled finds the answer too)."""
+        assert self.answer_key is not None
+        settings = self.gw.settings
+        if len(answer) <= settings.answer_keep_max_bytes:
+            try:
+                await self.gw.store.keep_answer(self.startup_id, self.answer_key, answer, ttl_s=settings.answer_keep_s)
+            except Exception:
+                log.exception("could not keep the answer", extra={"request_id": self.request_id})
+        await self._charge(usage)
 
     async def _release(self) -> None:
         if self._done:

@@ -66,6 +66,9 @@ class RedisKeys:
         # The hash tag: every key of one startup's ledger lands in the same cluster slot.
         return f"{self.ns}:{{{startup_id}}}"
 
+    def answer(self, startup_id: str, key: str) -> str:
+        return f"{self._s(startup_id)}:answer:{key}"
+
     # global
     @property
     def startups(self) -> str:

@@ -544,6 +544,27 @@ class RedisStore:
         await self._r.hset(self.keys.prices, price.model, json.dumps(price.__dict__))
         return price
 
+    async def keep_answer(self, startup_id: str, key: str, answer: bytes, *, ttl_s: float) -> None:
+        """Keep a request's answer (UTF-8 text, such as JSON) under its idempotency key; Redis drops it
+        after `ttl_s`."""
+        check_ttl(ttl_s)
+        try:
+            text = answer.decode()
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest("an answer to keep must be UTF-8 text", param="answer") from exc
+        # The store's clock decides when it is up, as for holds; Redis's own expiry only clears it away.
+        expires_at = self._clock.now() + ttl_s
+        await self._r.set(self.keys.answer(startup_id, key), f"{expires_at!r}|{text}",
+                          px=max(1, round(ttl_s * 1000)))
+
+    async def kept_answer(self, startup_id: str, key: str) -> bytes | None:
+        """The answer kept under this key, or None."""
+        record = await self._r.get(self.keys.answer(startup_id, key))
+        if record is None:
+            return None
+        expires_at, _, text = str(record).partition("|")
+        return text.encode() if self._clock.now() < float(expires_at) else None
+
     async def get_price(self, model: str) -> Price | None:
         """A model's price, or None."""
         record = await self._r.hget(self.keys.prices, model)

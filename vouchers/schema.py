@@ -90,6 +90,14 @@ TABLES: tuple[str, ...] = (
         completion_tokens INTEGER NOT NULL,
         PRIMARY KEY (startup_id, kind, label)
     ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS answers (
+        startup_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        body BLOB NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (startup_id, key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS answers_expiry ON answers(expires_at)",
     """CREATE TABLE IF NOT EXISTS prices (
         model TEXT PRIMARY KEY,
         input_per_1m INTEGER NOT NULL,

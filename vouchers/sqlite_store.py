@@ -283,6 +283,29 @@ class SqliteStore:
 
         return await self._runner.run(op, write=True)
 
+    async def keep_answer(self, startup_id: str, key: str, answer: bytes, *, ttl_s: float) -> None:
+        """Keep a request's answer (UTF-8 text, such as JSON) under its idempotency key for `ttl_s`, and
+        drop answers past theirs."""
+        ledger.check_ttl(ttl_s)
+        try:
+            answer.decode()
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest("an answer to keep must be UTF-8 text", param="answer") from exc
+        now = self._clock.now()
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM answers WHERE expires_at <= ?", (now,))
+            conn.execute("INSERT OR REPLACE INTO answers (startup_id, key, body, expires_at) VALUES (?, ?, ?, ?)",
+                         (startup_id, key, answer, now + ttl_s))
+
+        await self._runner.run(op, write=True)
+
+    async def kept_answer(self, startup_id: str, key: str) -> bytes | None:
+        """The answer kept under this key, or None."""
+        row = await self._read_one("SELECT body FROM answers WHERE startup_id = ? AND key = ? AND expires_at > ?",
+                                   (startup_id, key, self._clock.now()))
+        return None if row is None else bytes(row[0])
+
     async def get_price(self, model: str) -> Price | None:
         """A model's price, or None."""
         row = await self._read_one("SELECT model, input_per_1m, output_per_1m FROM prices WHERE model = ?", (model,))

@@ -111,7 +111,7 @@ async def test_upstream_breaking_mid_stream_ends_with_an_error_event_and_charges
     _consistent(b)
 
 
-async def test_idempotency_key_never_charges_twice_nor_answers_twice(
+async def test_idempotency_key_never_charges_twice_nor_runs_twice(
     gateway: Running, upstream: FakeUpstream, store: Store
 ) -> None:
     await register(store, upstream)
@@ -119,27 +119,43 @@ async def test_idempotency_key_never_charges_twice_nor_answers_twice(
     key = await gateway.onboard("acme", "100")
     client = gateway.client(key, max_retries=2)  # the SDK's own retries must not turn a refusal into a loop
     headers = {"Idempotency-Key": "retry-me-1"}
-    await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=headers)
+    first = await client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=headers)
     served = len(upstream.state.requests)
     for _ in range(2):
-        # The key's request was answered and charged: a retry gets neither the model again nor a charge.
-        with pytest.raises(openai.ConflictError) as refused:
-            await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=headers)
-        assert refused.value.code == "conflict" and refused.value.param == "Idempotency-Key"
-        assert refused.value.response.headers["x-should-retry"] == "false"
+        # The key's request was answered and charged: a retry gets the same answer, no model run, no charge.
+        again = await client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=headers)
+        assert again.http_response.content == first.http_response.content
+        assert again.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
+        assert again.headers["x-request-id"] != first.headers["x-request-id"]
     assert len(upstream.state.requests) == served
     assert (await gateway.balance("acme"))["spent"] == "5"
+    # A streamed answer is not kept: its retry is refused, and nothing runs or is charged again.
+    streamed = {"Idempotency-Key": "stream-me"}
+    stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, stream=True,
+                                                  extra_headers=streamed)
+    assert [c async for c in stream]
+    await eventually(lambda: _spent_is(gateway, "10"))
+    with pytest.raises(openai.ConflictError) as refused:
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=streamed)
+    assert refused.value.code == "conflict" and refused.value.param == "Idempotency-Key"
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    assert len(upstream.state.requests) == served + 1
     # A first attempt that failed charged nothing; its retry with the same key is answered and charged once.
     upstream.state.fail_status = 500
     failed = {"Idempotency-Key": "retry-me-2"}
     with pytest.raises(openai.APIStatusError):
         await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=failed)
     upstream.state.fail_status = None
-    await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=failed)
-    with pytest.raises(openai.ConflictError):
+    for _ in range(2):
         await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=failed)
     b = await gateway.balance("acme")
-    assert b["spent"] == "10" and b["held"] == "0"
+    assert b["spent"] == "15" and b["held"] == "0"
+
+
+async def _spent_is(gateway: Running, spent: str) -> bool:
+    return (await gateway.balance("acme"))["spent"] == spent
 
 
 async def test_a_retry_while_its_key_is_still_being_answered_is_refused(
@@ -158,11 +174,7 @@ async def test_a_retry_while_its_key_is_still_being_answered_is_refused(
     assert "still being answered" in refused.value.message
     assert [c async for c in stream]  # the first attempt is not disturbed
     assert len(upstream.state.requests) == 1
-
-    async def charged_once() -> bool:
-        return (await gateway.balance("acme"))["spent"] == "3"
-
-    await eventually(charged_once)
+    await eventually(lambda: _spent_is(gateway, "3"))
 
 
 async def test_price_change_applies_to_the_next_request(

@@ -613,6 +613,26 @@ async def test_usage_totals_by_model_and_gpu_type(store: Store) -> None:
     }
 
 
+# answers kept for idempotent retries
+
+
+async def test_an_answer_is_kept_per_startup_and_key_until_its_time_is_up(store: Store, clock: ManualClock) -> None:
+    await acme(store)
+    await acme(store, "beta")
+    assert await store.kept_answer("acme", "k1") is None
+    await store.keep_answer("acme", "k1", b'{"answer": "\xc3\xa9t\xc3\xa9"}', ttl_s=60)
+    assert await store.kept_answer("acme", "k1") == b'{"answer": "\xc3\xa9t\xc3\xa9"}'
+    assert await store.kept_answer("beta", "k1") is None  # keys are per startup
+    assert await store.kept_answer("acme", "k2") is None
+    clock.advance(61)
+    assert await store.kept_answer("acme", "k1") is None
+    with pytest.raises(InvalidRequest):
+        await store.keep_answer("acme", "k3", b"\xff not text", ttl_s=60)
+    with pytest.raises(InvalidRequest):
+        await store.keep_answer("acme", "k3", b"{}", ttl_s=0)
+    assert await store.kept_answer("acme", "k3") is None
+
+
 # prices and limits
 
 
