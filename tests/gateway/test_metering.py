@@ -114,9 +114,7 @@ async def test_upstream_breaking_mid_stream_ends_with_an_error_event_and_charges
 async def test_idempotency_key_never_charges_twice_nor_runs_twice(
     gateway: Running, upstream: FakeUpstream, store: Store
 ) -> None:
-    await register(store, upstream)
-    await gateway.set_price(MODEL, "0", "1000000")
-    key = await gateway.onboard("acme", "100")
+    key = await _credit_per_token(gateway, upstream, store)
     client = gateway.client(key, max_retries=2)  # the SDK's own retries must not turn a refusal into a loop
     headers = {"Idempotency-Key": "retry-me-1"}
     first = await client.chat.completions.with_raw_response.create(
@@ -154,6 +152,13 @@ async def test_idempotency_key_never_charges_twice_nor_runs_twice(
     assert b["spent"] == "15" and b["held"] == "0"
 
 
+async def _credit_per_token(gateway: Running, upstream: FakeUpstream, store: Store, credits: str = "100") -> str:
+    """The fake upstream registered at 1 credit per completion token; a key of `acme`, with `credits`."""
+    await register(store, upstream)
+    await gateway.set_price(MODEL, "0", "1000000")
+    return await gateway.onboard("acme", credits)
+
+
 async def _spent_is(gateway: Running, spent: str) -> bool:
     return (await gateway.balance("acme"))["spent"] == spent
 
@@ -161,9 +166,7 @@ async def _spent_is(gateway: Running, spent: str) -> bool:
 async def test_a_retry_while_its_key_is_still_being_answered_is_refused(
     gateway: Running, upstream: FakeUpstream, store: Store
 ) -> None:
-    await register(store, upstream)
-    await gateway.set_price(MODEL, "0", "1000000")
-    key = await gateway.onboard("acme", "100")
+    key = await _credit_per_token(gateway, upstream, store)
     client = gateway.client(key)
     headers = {"Idempotency-Key": "in-flight"}
     upstream.state.chunk_delay_s = 0.3  # the stream is open for about a second after its first event
@@ -180,9 +183,7 @@ async def test_a_retry_while_its_key_is_still_being_answered_is_refused(
 async def test_price_change_applies_to_the_next_request(
     gateway: Running, upstream: FakeUpstream, store: Store
 ) -> None:
-    await register(store, upstream)
-    await gateway.set_price(MODEL, "0", "1000000")
-    key = await gateway.onboard("acme", "100")
+    key = await _credit_per_token(gateway, upstream, store)
     client = gateway.client(key)
     await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5)
     assert (await gateway.balance("acme"))["spent"] == "5"
@@ -278,9 +279,7 @@ async def test_two_replicas_on_one_store_share_the_budget(
 async def test_a_long_stream_keeps_its_hold_past_the_ttl(
     gateway: Running, upstream: FakeUpstream, store: Store, clock: ManualClock
 ) -> None:
-    await register(store, upstream)
-    await gateway.set_price(MODEL, "0", "1000000")
-    key = await gateway.onboard("acme", "100")
+    key = await _credit_per_token(gateway, upstream, store)
     upstream.state.reply_tokens = 30
     upstream.state.chunk_delay_s = 0.02
     client = gateway.client(key)
