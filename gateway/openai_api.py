@@ -11,11 +11,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import ratelimit, tokens, validation, wire
+from gateway import ratelimit, replay, tokens, validation, wire
 from gateway.auth import Caller, startup_caller, verified
 from gateway.context import Gateway, gateway_of
 from gateway.metering import completion_budget, worst_case
 from gateway.proxy import Exchange
+from gateway.replay import Keeping
 from gateway.validation import Endpoint, ParsedRequest
 from vouchers.errors import AuthenticationError, Conflict, InvalidRequest, PayloadTooLarge, ShuqiError
 from vouchers.models import Hold, HoldStatus, Price, WorkerRecord
@@ -74,14 +75,14 @@ async def _prompt_tokens(gw: Gateway, replicas: list[WorkerRecord], parsed: Pars
 class Replayed(Exception):
     """A retry of a request that was answered before: the answer kept for its Idempotency-Key."""
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: Response) -> None:
         super().__init__("replayed")
         self.answer = answer
 
 
-async def _reserve(gw: Gateway, caller: Caller, request: Request, request_id: str, amount: int
-                   ) -> tuple[Hold, str | None]:
-    """Hold the worst case; with it, the key to keep the answer under (requests with an Idempotency-Key).
+async def _reserve(gw: Gateway, caller: Caller, request: Request, request_id: str, amount: int,
+                   parsed: ParsedRequest, raw: bytes, headers: dict[str, str]) -> tuple[Hold, Keeping | None]:
+    """Hold the worst case; with it, where to keep the answer (requests with an Idempotency-Key).
 
     A free request (an unpriced model) holds 0: its settle still journals the tokens.
     """
@@ -95,6 +96,7 @@ async def _reserve(gw: Gateway, caller: Caller, request: Request, request_id: st
     if not idem or len(idem) > _MAX_IDEMPOTENCY_KEY:
         raise InvalidRequest(f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters.",
                              param="Idempotency-Key")
+    fp = replay.fingerprint(parsed.endpoint.value, raw)
     # A released hold means an earlier attempt failed uncharged: the retry takes the next key in the chain.
     # A hold another request made and did not release belongs to an attempt that was answered (and charged
     # once) or is being answered now: the retry gets the kept answer, never a second run of the model.
@@ -105,17 +107,12 @@ async def _reserve(gw: Gateway, caller: Caller, request: Request, request_id: st
         if hold.status is HoldStatus.RELEASED:
             continue
         if not hold.replayed:
-            return hold, key
+            return hold, Keeping(key, fp)
         if hold.status is HoldStatus.OPEN:
             raise Conflict("A request with this Idempotency-Key is still being answered; it runs once. "
                            "Retry once it has finished.", param="Idempotency-Key",
                            headers={"x-should-retry": "false"})
-        kept = await gw.store.kept_answer(caller.startup_id, key)
-        if kept is not None:
-            raise Replayed(kept)
-        raise Conflict("A request with this Idempotency-Key was answered and charged once, and its answer is not "
-                       "kept (streamed, too large or too old) to send again. Send a new key for a new request.",
-                       param="Idempotency-Key", headers={"x-should-retry": "false"})
+        raise Replayed(replay.replay(await gw.store.kept_answer(caller.startup_id, key), fp, headers))
     raise Conflict("This Idempotency-Key was used by too many failed requests; use a new key.",
                    param="Idempotency-Key")
 
@@ -140,10 +137,9 @@ async def _serve(request: Request, endpoint: Endpoint) -> Response:
             raise
         exchange = await _admit(gw, caller, request, request_id, parsed, raw, replicas, headers, started)
         return await exchange.run()
-    except Replayed as replay:
+    except Replayed as again:
         gw.metrics.requests.labels(startup_id, model, "200").inc()
-        return Response(replay.answer, media_type="application/json",
-                        headers={**headers, "idempotent-replayed": "true"})
+        return again.answer
     except ShuqiError as exc:
         if isinstance(exc, AuthenticationError) and caller is not None:
             gw.keys.forget(caller.key_id)
@@ -172,9 +168,9 @@ async def _admit(gw: Gateway, caller: Caller, request: Request, request_id: str,
         headers.update(rate_headers)
         caller = Caller(caller.startup_id, caller.key_id)  # the rate limit call checked the key
     amount = worst_case(prompt, budget, price)
-    hold, answer_key = await _reserve(gw, caller, request, request_id, amount)
+    hold, keeping = await _reserve(gw, caller, request, request_id, amount, parsed, raw, headers)
     return Exchange(gw, startup_id, parsed, request_id, price, hold, prompt, exact, replicas, headers, started,
-                    answer_key=answer_key)
+                    keeping=keeping)
 
 
 async def chat_completions(request: Request) -> Response:

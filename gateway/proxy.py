@@ -17,11 +17,12 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway import tokens
+from gateway import replay, tokens
 from gateway.context import Gateway
 from gateway.errors import sse_error_event
 from gateway.metering import Usage, cost, usage_from
 from gateway.pool import Answer, UpstreamFailure
+from gateway.replay import Keeping, Kept
 from gateway.sse import StreamCounter
 from gateway.validation import ParsedRequest
 from vouchers.errors import InvalidRequest, ModelUnavailable, ShuqiError, UpstreamError
@@ -104,12 +105,15 @@ class Exchange:
     replicas: list[WorkerRecord]
     headers: dict[str, str]
     started: float  # perf_counter at arrival
-    answer_key: str | None = None  # keep a non-streamed answer under this key for retries (Idempotency-Key)
+    keeping: Keeping | None = None  # keep the answer for retries with the request's Idempotency-Key
     _done: bool = False
     _upstream_s: float = 0.0
     _sent_at: float = 0.0
     _content: bytes = b""  # a unary answer's body
     _stream_code: int = 200
+    _kept: list[bytes] | None = None  # a stream's events as sent, while they fit what may be kept
+    _kept_size: int = 0
+    _relayed_all: bool = False  # the stream's last event was handed to the client
 
     async def run(self) -> Response:
         """Proxy the request and answer; on any failure before the answer the hold is released."""
@@ -122,12 +126,17 @@ class Exchange:
         if not self.parsed.stream or resp.status != 200:
             return await self._unary(worker, resp)
         counter = StreamCounter(forward_usage=self.parsed.client_wants_usage)
+        if self.keeping is not None:
+            self._kept = []
 
         async def finish() -> None:
             # close, not release: a stream cut short must end the upstream request, not wait for it.
             resp.close()
             self.gw.workers.release(worker.id)
             usage = counter.usage or Usage(await self._prompt_tokens(worker), counter.chunks_with_output)
+            if self.keeping is not None and not self._done:
+                whole = self._relayed_all and self._kept is not None
+                await self._keep(Kept.SSE, b"".join(self._kept or ()) if whole else None)
             await self._settle(usage)
             self._observe(self._stream_code)
 
@@ -206,7 +215,7 @@ class Exchange:
                 usage = Usage(self.prompt_estimate, len(content))
             # The answer goes out first; the charge follows it (reads of the ledger wait for it: Gateway.settled).
             self._done = True
-            self.gw.defer(self._charge(usage) if self.answer_key is None else self._keep_and_charge(usage, content))
+            self.gw.defer(self._charge(usage) if self.keeping is None else self._keep_and_charge(usage, content))
         except BaseException:
             await self._release()
             raise
@@ -242,17 +251,18 @@ class Exchange:
         try:
             out = counter.feed(first)
             if out:
-                yield out
+                yield self._sent(out)
             async for chunk in resp:
                 out = counter.feed(chunk)
                 if out:
-                    yield out
+                    yield self._sent(out)
                 if self.hold is not None and clock.now() - last_extend > extend_every:
                     last_extend = clock.now()
                     await self._extend_hold()
             tail = counter.flush()
             if tail:
-                yield tail
+                yield self._sent(tail)
+            self._relayed_all = self._stream_code == 200
         except UpstreamFailure as exc:
             self._stream_code = 502
             log.warning("upstream broke mid-stream (%s)", exc, extra={"request_id": self.request_id})
@@ -298,16 +308,33 @@ class Exchange:
                 log.exception("settle failed (attempt %s)", attempt,
                               extra={"request_id": self.request_id, "startup": self.startup_id})
 
+    def _sent(self, event: bytes) -> bytes:
+        """A stream's bytes on their way to the client, kept too while they fit (Idempotency-Key)."""
+        kept = self._kept
+        if kept is not None:
+            self._kept_size += len(event)
+            if self._kept_size <= self.gw.settings.answer_keep_max_bytes:
+                kept.append(event)
+            else:
+                self._kept = None
+        return event
+
+    async def _keep(self, kind: Kept, answer: bytes | None) -> None:
+        """Keep the answer (or, when it cannot be kept, the request's fingerprint alone) for its retries."""
+        assert self.keeping is not None
+        settings = self.gw.settings
+        if answer is None or len(answer) > settings.answer_keep_max_bytes:
+            kind, answer = Kept.NONE, b""
+        record = replay.encode(self.keeping.fingerprint, kind, answer)
+        try:
+            await self.gw.store.keep_answer(self.startup_id, self.keeping.key, record, ttl_s=settings.answer_keep_s)
+        except Exception:
+            log.exception("could not keep the answer", extra={"request_id": self.request_id})
+
     async def _keep_and_charge(self, usage: Usage, answer: bytes) -> None:
         """Keep the answer for a retry with the same Idempotency-Key, then charge (a retry that finds the
         hold settled finds the answer too)."""
-        assert self.answer_key is not None
-        settings = self.gw.settings
-        if len(answer) <= settings.answer_keep_max_bytes:
-            try:
-                await self.gw.store.keep_answer(self.startup_id, self.answer_key, answer, ttl_s=settings.answer_keep_s)
-            except Exception:
-                log.exception("could not keep the answer", extra={"request_id": self.request_id})
+        await self._keep(Kept.JSON, answer)
         await self._charge(usage)
 
     async def _release(self) -> None:

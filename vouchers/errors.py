@@ -8,6 +8,7 @@
     │   └── ModelNotFound         404 model_not_found
     ├── Conflict                  409 conflict
     ├── PayloadTooLarge           413 request_too_large
+    ├── IdempotencyMismatch       422 idempotency_key_reused
     ├── InsufficientQuota         429 insufficient_quota (x-should-retry: false)
     ├── RateLimited               429 rate_limit_exceeded (retry-after)
     ├── UpstreamError             502 upstream_error
@@ -74,6 +75,14 @@ class PayloadTooLarge(ShuqiError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class IdempotencyMismatch(ShuqiError):
+    """An Idempotency-Key sent again with another request (IETF Idempotency-Key draft: 422)."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "idempotency_key_reused"
 
 
 class InsufficientQuota(ShuqiError):

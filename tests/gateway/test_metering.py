@@ -35,7 +35,9 @@ async def test_client_disconnect_aborts_upstream_and_charges_what_streamed(
     upstream.state.reply_tokens = 1000
     upstream.state.chunk_delay_s = 0.02
     client = gateway.client(key)
-    stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True, max_tokens=1000)
+    cut = {"Idempotency-Key": "cut-short"}
+    stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True, max_tokens=1000,
+                                                  extra_headers=cut)
     got = 0
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -60,6 +62,12 @@ async def test_client_disconnect_aborts_upstream_and_charges_what_streamed(
     assert Decimal("0.009") <= spent < Decimal("0.1")
     assert upstream.state.streams_finished == 0
     _consistent(b)
+    # Its retry with the same key is refused, never answered with the cut stream nor run and charged again.
+    with pytest.raises(openai.ConflictError) as refused:
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True, max_tokens=1000,
+                                             extra_headers=cut)
+    assert "not kept" in refused.value.message
+    assert len(upstream.state.requests) == 1 and (await gateway.balance("acme"))["spent"] == b["spent"]
 
 
 async def test_upstream_error_before_output_releases_the_hold(
@@ -129,16 +137,15 @@ async def test_idempotency_key_never_charges_twice_nor_runs_twice(
         assert again.headers["x-request-id"] != first.headers["x-request-id"]
     assert len(upstream.state.requests) == served
     assert (await gateway.balance("acme"))["spent"] == "5"
-    # A streamed answer is not kept: its retry is refused, and nothing runs or is charged again.
+    # A finished stream is kept as it was sent: its retry gets the same events, and nothing runs or is charged.
     streamed = {"Idempotency-Key": "stream-me"}
-    stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, stream=True,
-                                                  extra_headers=streamed)
-    assert [c async for c in stream]
-    await eventually(lambda: _spent_is(gateway, "10"))
-    with pytest.raises(openai.ConflictError) as refused:
-        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=streamed)
-    assert refused.value.code == "conflict" and refused.value.param == "Idempotency-Key"
-    assert refused.value.response.headers["x-should-retry"] == "false"
+    events = []
+    for _ in range(2):
+        stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, stream=True,
+                                                      extra_headers=streamed)
+        events.append([c.model_dump() async for c in stream])
+        await eventually(lambda: _spent_is(gateway, "10"))
+    assert events[0] == events[1] and len(events[0]) >= 5
     assert len(upstream.state.requests) == served + 1
     # A first attempt that failed charged nothing; its retry with the same key is answered and charged once.
     upstream.state.fail_status = 500
@@ -150,6 +157,39 @@ async def test_idempotency_key_never_charges_twice_nor_runs_twice(
         await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=failed)
     b = await gateway.balance("acme")
     assert b["spent"] == "15" and b["held"] == "0"
+
+
+async def test_an_idempotency_key_names_one_request(
+    gateway: Running, upstream: FakeUpstream, store: Store, settings: GatewaySettings
+) -> None:
+    key = await _credit_per_token(gateway, upstream, store)
+    client = gateway.client(key)
+    headers = {"Idempotency-Key": "one-request"}
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=headers)
+    # Sent again with another body (or to another endpoint), the key is refused: nothing runs, nothing is charged.
+    for other in (
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, extra_headers=headers),
+        client.completions.create(model=MODEL, prompt="Hello", max_tokens=5, extra_headers=headers),
+    ):
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            await other
+        assert refused.value.code == "idempotency_key_reused" and refused.value.param == "Idempotency-Key"
+        assert refused.value.response.headers["x-should-retry"] == "false"
+    assert len(upstream.state.requests) == 1
+    assert (await gateway.balance("acme"))["spent"] == "5"
+    # An answer too large to keep: its retry hears 409 (it ran and was charged once), another body still 422.
+    settings.answer_keep_max_bytes = 10
+    big = {"Idempotency-Key": "not-kept"}
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=big)
+    await eventually(lambda: _spent_is(gateway, "10"))
+    with pytest.raises(openai.ConflictError) as conflict:
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=big)
+    assert conflict.value.code == "conflict" and "not kept" in conflict.value.message
+    with pytest.raises(openai.UnprocessableEntityError):
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3, extra_headers=big)
+    assert len(upstream.state.requests) == 2
+    b = await gateway.balance("acme")
+    assert b["spent"] == "10" and b["held"] == "0"
 
 
 async def _credit_per_token(gateway: Running, upstream: FakeUpstream, store: Store, credits: str = "100") -> str:

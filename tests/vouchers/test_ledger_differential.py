@@ -152,6 +152,24 @@ class DifferentialMachine(RuleBasedStateMachine):
         ref = ChargeRef(f"req-{key}", model="m1", prompt_tokens=3, completion_tokens=4, gpu_type="a100")
         self.both(lambda s, side: s.settle(hold[side], actual, ref, final=final, idempotency_key=key))
 
+    @rule(
+        charges=st.lists(st.tuples(st.none() | holds, st.integers(0, 150), st.sampled_from(["m1", "m2"])),
+                         min_size=2, max_size=6),
+    )
+    def charge_together(self, charges: list[tuple[Pair | None, int, str]]) -> None:
+        """Charges made at once (one batch of script calls on Redis), repeats and unknown holds among them."""
+
+        async def call(s: Store, side: int) -> list[Any]:
+            refs = [ChargeRef(f"c{i}", model=m, prompt_tokens=i, completion_tokens=a) for i, (_, a, m) in
+                    enumerate(charges)]
+            outcomes = await asyncio.gather(*(
+                s.charge(hold[side] if hold else "hold_missing", actual, ref)
+                for (hold, actual, _), ref in zip(charges, refs, strict=True)
+            ), return_exceptions=True)
+            return [(type(o).__name__, o.param) if isinstance(o, ShuqiError) else o for o in outcomes]
+
+        self.both(call)
+
     @rule(hold=holds)
     def release(self, hold: Pair) -> None:
         self.both(lambda s, side: s.release(hold[side]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from vouchers.clock import ManualClock
@@ -305,6 +307,39 @@ async def test_charge_is_a_final_settle_that_returns_nothing(store: Store) -> No
     assert len(await store.journal("acme")) == 1
     with pytest.raises(NotFound):
         await store.charge("hold_missing", 1, ref())
+
+
+async def test_charges_made_at_once_each_land_as_alone(store: Store) -> None:
+    # Charges made at once share one batch of script calls on Redis (one connection write).
+    await acme(store)
+    await acme(store, "beta")
+    first = await store.grant("acme", M, 100, priority=0)
+    second = await store.grant("acme", M, 1000, priority=1)
+    await store.grant("beta", M, 100)
+    holds = [await store.reserve("acme", M, 60, ttl_s=30, idempotency_key=f"k{i}") for i in range(3)]
+    other = await store.reserve("beta", M, 10, ttl_s=30, idempotency_key="b")
+    gone = await store.reserve("acme", M, 5, ttl_s=30, idempotency_key="gone")
+    await store.void_voucher(first.id)  # k0's and k1's parts on it go back outside the live vouchers
+    outcomes = await asyncio.gather(
+        store.charge(holds[0].id, 50, ref(1)),
+        store.charge(other.id, 7, ref(2)),
+        store.charge(holds[1].id, 90, ref(3)),  # 30 over its hold: from free capacity
+        store.charge(holds[0].id, 20, ref(4)),  # a repeat: charged once
+        store.charge("hold_missing", 1, ref(5)),
+        store.charge(holds[2].id, 0, ref(6)),
+        store.charge(gone.id, 5, ref(7)),
+        return_exceptions=True,
+    )
+    assert [type(o).__name__ for o in outcomes] == ["NoneType"] * 4 + ["NotFound"] + ["NoneType"] * 2
+    lines = await store.journal("acme")
+    assert [(line.ref.reference, line.amount) for line in lines] == [("req-1", 50), ("req-3", 90), ("req-6", 0),
+                                                                     ("req-7", 5)]
+    # All on the voucher in force: its own parts first, then its free capacity (k1's 70 over its 20).
+    assert await figures(store) == (1000, 145, 0, 855)
+    assert await spent_on(store, second.id) == 145
+    voided = await store.get_voucher(first.id)
+    assert voided is not None and (voided.spent, voided.held) == (0, 0)
+    assert await figures(store, "beta") == (100, 7, 0, 93)
 
 
 async def test_settle_same_key_charges_once(store: Store) -> None:
