@@ -59,6 +59,7 @@ $(VLLM_MODEL)/config.json: | $(VLLM_STAMP)
 	$(VLLM_PY) -m workers.convert --out $(VLLM_MODEL)
 
 pytest: install-test vllm-env vllm-model
+	bash deploy/ensure-prometheus.sh
 	bash deploy/with-redis.sh $(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint pytest
