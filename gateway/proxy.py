@@ -144,6 +144,8 @@ class Exchange:
                              headers={**self.headers, "cache-control": "no-cache"})
 
     def _upstream_body(self) -> bytes:
+        # Always the parsed body re-encoded, never the client's bytes: a body with a repeated key (two
+        # `max_tokens`) could read differently to the model server's parser than to the hold's.
         body = self.parsed.body
         if self.parsed.stream:
             # Always ask for usage so the charge is the upstream's count; the client sees it only if it asked.
