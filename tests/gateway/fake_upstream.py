@@ -46,6 +46,7 @@ class FakeState:
     first_delay_s: float = 0.0  # wait before the first byte of a stream
     healthy: bool = True
     requests: list[dict[str, Any]] = field(default_factory=list)
+    raw_bodies: list[bytes] = field(default_factory=list)  # as they arrived, before parsing
     headers: list[dict[str, str]] = field(default_factory=list)
     streams_started: int = 0
     streams_finished: int = 0
@@ -116,7 +117,9 @@ class FakeUpstream(UvicornThread):
         super().__init__(Starlette(routes=routes))
 
     async def _read(self, request: Request) -> dict[str, Any] | Response:
-        body: dict[str, Any] = orjson.loads(await request.body())
+        raw = await request.body()
+        body: dict[str, Any] = orjson.loads(raw)
+        self.state.raw_bodies.append(raw)
         self.state.requests.append(body)
         self.state.headers.append(dict(request.headers))
         if self.state.fail_status is not None:

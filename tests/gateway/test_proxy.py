@@ -43,6 +43,21 @@ async def test_chat_non_stream_charges_reported_usage(gateway: Running, upstream
     _consistent(b)
 
 
+async def test_a_repeated_field_reaches_the_model_server_as_the_gateway_read_it(
+    gateway: Running, upstream: FakeUpstream, store: Store
+) -> None:
+    # Two `max_tokens`: a model server whose parser kept the first could run past what the hold covers.
+    await register(store, upstream)
+    key = await gateway.onboard("acme", "10")
+    body = b'{"model": "%s", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}'
+    async with httpx.AsyncClient(base_url=gateway.url, headers={"authorization": f"Bearer {key}"}) as client:
+        r = await client.post("/v1/chat/completions", content=body % MODEL.encode(),
+                              headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    sent = upstream.state.raw_bodies[-1]
+    assert sent.count(b'"max_tokens"') == 1 and upstream.state.requests[-1]["max_tokens"] == 3
+
+
 @pytest.mark.parametrize("include_usage", [False, True])
 async def test_stream_usage_chunk_only_when_asked(
     gateway: Running, upstream: FakeUpstream, store: Store, include_usage: bool
