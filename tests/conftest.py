@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,16 @@ from vouchers.factory import open_store
 from vouchers.store import Store
 
 BACKENDS = ["sqlite", "redis"]
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    """End a server a test started: SIGTERM, then SIGKILL if it does not exit in time."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout_s)
 
 
 def redis_url() -> str:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.conftest import stop
 from tests.gateway.conftest import ADMIN_TOKEN, MODEL, Running, eventually, register
 from tests.gateway.fake_upstream import FakeUpstream, free_port
 from tests.gateway.test_metering import MESSAGES
@@ -66,12 +67,7 @@ def prometheus_process(gateway: Running, tmp_path: Path) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
 
 

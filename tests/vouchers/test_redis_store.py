@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import _drop_namespace, redis_url
+from tests.conftest import _drop_namespace, redis_url, stop
 from vouchers.clock import ManualClock
 from vouchers.errors import InsufficientQuota
 from vouchers.models import ApiKey, ChargeRef, Limits, Price, WorkerRecord
@@ -58,12 +58,7 @@ def private_redis(tmp_path: Path) -> Iterator[str]:
                 time.sleep(0.05)  # waiting for a process to listen, not for a clock
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc, timeout_s=10)
 
 
 @pytest.fixture
