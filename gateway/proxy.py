@@ -327,9 +327,17 @@ class Exchange:
         settings = self.gw.settings
         if answer is None or len(answer) > settings.answer_keep_max_bytes:
             kind, answer = Kept.NONE, b""
-        record = replay.encode(self.keeping.fingerprint, kind, answer)
+        store, key, fp = self.gw.store, self.keeping.key, self.keeping.fingerprint
+        budget = settings.answer_keep_budget_bytes
         try:
-            await self.gw.store.keep_answer(self.startup_id, self.keeping.key, record, ttl_s=settings.answer_keep_s)
+            kept = await store.keep_answer(self.startup_id, key, replay.encode(fp, kind, answer),
+                                           ttl_s=settings.answer_keep_s, budget_bytes=budget)
+            if not kept and kind is not Kept.NONE:
+                # Over the startup's budget: the fingerprint alone still tells a retry 409 from a misuse 422.
+                log.info("answer not kept: the startup's kept answers are at their budget",
+                         extra={"request_id": self.request_id, "startup": self.startup_id})
+                await store.keep_answer(self.startup_id, key, replay.encode(fp, Kept.NONE, b""),
+                                        ttl_s=settings.answer_keep_s, budget_bytes=budget)
         except Exception:
             log.exception("could not keep the answer", extra={"request_id": self.request_id})
 

@@ -35,10 +35,12 @@ class GatewaySettings(BaseSettings):
     upstream_read_timeout_s: float = Field(default=600.0, gt=0)
     max_connections: int = Field(default=256, ge=1)
     price_cache_s: float = Field(default=1.0, ge=0)  # how long a replica may use a stale price or limit
-    # A non-streamed answer to a request with an Idempotency-Key is kept this long, up to this size, and
-    # sent again to a retry with the same key.
+    # The answer to a request with an Idempotency-Key (JSON, or a finished stream's events) is kept this
+    # long, up to this size, and sent again to a retry with the same key; each startup's kept answers
+    # together stay under the budget (they share the ledger's store), past which new ones are not kept.
     answer_keep_s: float = Field(default=86_400.0, gt=0)
     answer_keep_max_bytes: int = Field(default=1024 * 1024, ge=0)
+    answer_keep_budget_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
 
     def resolve_admin_token(self) -> str:
         """The admin token: the configured one, else the one in the data dir, else a new one written there."""

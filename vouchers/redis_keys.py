@@ -24,6 +24,9 @@ Layout (ns = namespace, s = startup id; `{s}` is a hash tag, so one startup's le
     {ns}:worker:{id}                   hash  record JSON, heartbeat time
     {ns}:workers                       zset  worker id -> deadline (last heartbeat + ttl)
     {ns}:workers:model:{model}         zset  worker id -> deadline, per model
+    {ns}:{s}:answer:{key}              string "expires_at|answer" kept for an idempotency key's retries
+    {ns}:{s}:answers:expiry            zset  idempotency key -> expiry of its kept answer
+    {ns}:{s}:answers:size / :bytes     hash  idempotency key -> bytes kept; string: their running total
 
 Lua scripts receive the keys they touch, or, for per-voucher and per-hold hashes whose ids they only
 learn while running, a prefix built here; they never invent a key name of their own.
@@ -68,6 +71,15 @@ class RedisKeys:
 
     def answer(self, startup_id: str, key: str) -> str:
         return f"{self._s(startup_id)}:answer:{key}"
+
+    def answers_index(self, startup_id: str) -> str:
+        return f"{self._s(startup_id)}:answers:expiry"
+
+    def answers_sizes(self, startup_id: str) -> str:
+        return f"{self._s(startup_id)}:answers:size"
+
+    def answers_bytes(self, startup_id: str) -> str:
+        return f"{self._s(startup_id)}:answers:bytes"
 
     # global
     @property

@@ -28,7 +28,9 @@ from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
 log = logging.getLogger(__name__)
 
-SCRIPT_NAMES = ("reserve", "settle", "release", "extend", "void", "rate_limit", "heartbeat", "key_lookup")
+SCRIPT_NAMES = (
+    "reserve", "settle", "release", "extend", "void", "rate_limit", "heartbeat", "key_lookup", "keep_answer",
+)
 
 
 def _source(name: str) -> str:

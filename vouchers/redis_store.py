@@ -544,18 +544,27 @@ class RedisStore:
         await self._r.hset(self.keys.prices, price.model, json.dumps(price.__dict__))
         return price
 
-    async def keep_answer(self, startup_id: str, key: str, answer: bytes, *, ttl_s: float) -> None:
+    async def keep_answer(self, startup_id: str, key: str, answer: bytes, *, ttl_s: float,
+                          budget_bytes: int | None = None) -> bool:
         """Keep a request's answer (UTF-8 text, such as JSON) under its idempotency key; Redis drops it
-        after `ttl_s`."""
+        after `ttl_s`. False (nothing kept) past the startup's `budget_bytes`: the script keeps a running
+        total of the startup's kept bytes, less the answers whose time is up."""
         check_ttl(ttl_s)
         try:
             text = answer.decode()
         except UnicodeDecodeError as exc:
             raise InvalidRequest("an answer to keep must be UTF-8 text", param="answer") from exc
         # The store's clock decides when it is up, as for holds; Redis's own expiry only clears it away.
-        expires_at = self._clock.now() + ttl_s
-        await self._r.set(self.keys.answer(startup_id, key), f"{expires_at!r}|{text}",
-                          px=max(1, round(ttl_s * 1000)))
+        now = self._clock.now()
+        k = self.keys
+        kept = await self._scripts.run(
+            "keep_answer",
+            [k.answer(startup_id, key), k.answers_index(startup_id), k.answers_sizes(startup_id),
+             k.answers_bytes(startup_id)],
+            [time_text(now), time_text(now + ttl_s), str(max(1, round(ttl_s * 1000))),
+             f"{now + ttl_s!r}|{text}", str(len(answer)), "" if budget_bytes is None else str(budget_bytes), key],
+        )
+        return bool(kept)
 
     async def kept_answer(self, startup_id: str, key: str) -> bytes | None:
         """The answer kept under this key, or None."""

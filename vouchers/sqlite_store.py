@@ -283,9 +283,10 @@ class SqliteStore:
 
         return await self._runner.run(op, write=True)
 
-    async def keep_answer(self, startup_id: str, key: str, answer: bytes, *, ttl_s: float) -> None:
+    async def keep_answer(self, startup_id: str, key: str, answer: bytes, *, ttl_s: float,
+                          budget_bytes: int | None = None) -> bool:
         """Keep a request's answer (UTF-8 text, such as JSON) under its idempotency key for `ttl_s`, and
-        drop answers past theirs."""
+        drop answers past theirs; False (nothing kept) past the startup's `budget_bytes`."""
         ledger.check_ttl(ttl_s)
         try:
             answer.decode()
@@ -293,12 +294,18 @@ class SqliteStore:
             raise InvalidRequest("an answer to keep must be UTF-8 text", param="answer") from exc
         now = self._clock.now()
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> bool:
             conn.execute("DELETE FROM answers WHERE expires_at <= ?", (now,))
+            if budget_bytes is not None:
+                (used,) = conn.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM answers WHERE startup_id = ? "
+                                       "AND key != ?", (startup_id, key)).fetchone()
+                if used + len(answer) > budget_bytes:
+                    return False
             conn.execute("INSERT OR REPLACE INTO answers (startup_id, key, body, expires_at) VALUES (?, ?, ?, ?)",
                          (startup_id, key, answer, now + ttl_s))
+            return True
 
-        await self._runner.run(op, write=True)
+        return await self._runner.run(op, write=True)
 
     async def kept_answer(self, startup_id: str, key: str) -> bytes | None:
         """The answer kept under this key, or None."""

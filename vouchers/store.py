@@ -170,8 +170,13 @@ class Store(Protocol):
 
     async def get_price(self, model: str) -> Price | None: ...
 
-    async def keep_answer(self, startup_id: str, key: str, answer: bytes, *, ttl_s: float) -> None:
-        """Keep a request's answer under its idempotency key for `ttl_s`, to send again to a retry."""
+    async def keep_answer(self, startup_id: str, key: str, answer: bytes, *, ttl_s: float,
+                          budget_bytes: int | None = None) -> bool:
+        """Keep a request's answer under its idempotency key for `ttl_s`, to send again to a retry.
+
+        With `budget_bytes`, nothing is kept (False) when the startup's answers still kept, plus this one
+        (in place of any under the same key), would pass that many bytes.
+        """
         ...
 
     async def kept_answer(self, startup_id: str, key: str) -> bytes | None:

@@ -11,7 +11,9 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from gateway import replay
 from gateway.app import create_app
+from gateway.replay import Kept
 from gateway.settings import GatewaySettings
 from tests.gateway.conftest import MODEL, Running, eventually, register
 from tests.gateway.fake_upstream import FakeUpstream, UvicornThread
@@ -190,6 +192,32 @@ async def test_an_idempotency_key_names_one_request(
     assert len(upstream.state.requests) == 2
     b = await gateway.balance("acme")
     assert b["spent"] == "10" and b["held"] == "0"
+
+
+async def test_past_its_budget_of_kept_answers_a_startup_gets_409_on_retry_never_a_second_run(
+    gateway: Running, upstream: FakeUpstream, store: Store, settings: GatewaySettings
+) -> None:
+    key = await _credit_per_token(gateway, upstream, store)
+    client = gateway.client(key)
+    fits, over = {"Idempotency-Key": "fits"}, {"Idempotency-Key": "over"}
+    first = await client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=fits)
+    await eventually(lambda: _spent_is(gateway, "5"))
+    # Room for the first answer and a fingerprint, not for a second answer.
+    settings.answer_keep_budget_bytes = len(replay.encode("0" * 32, Kept.JSON, first.http_response.content)) + 100
+    await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=over)
+    await eventually(lambda: _spent_is(gateway, "10"))
+    again = await client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=fits)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.http_response.content == first.http_response.content
+    with pytest.raises(openai.ConflictError) as refused:
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=over)
+    assert "not kept" in refused.value.message
+    with pytest.raises(openai.UnprocessableEntityError):  # the fingerprint was kept
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, extra_headers=over)
+    assert len(upstream.state.requests) == 2
+    assert (await gateway.balance("acme"))["spent"] == "10"
 
 
 async def _credit_per_token(gateway: Running, upstream: FakeUpstream, store: Store, credits: str = "100") -> str:

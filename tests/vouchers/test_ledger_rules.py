@@ -752,3 +752,23 @@ async def test_worker_registry_ttl(store: Store, clock: ManualClock) -> None:
     assert await store.list_workers() == []
     await store.register_worker(worker("w2", model="other"), ttl_s=10)
     assert [w.id for w in await store.list_workers("other")] == ["w2"]
+
+
+async def test_kept_answers_stay_within_the_startups_budget(store: Store, clock: ManualClock) -> None:
+    await acme(store)
+    await acme(store, "beta")
+    ten = b"0123456789"
+    assert await store.keep_answer("acme", "a", ten, ttl_s=60, budget_bytes=25)
+    assert await store.keep_answer("acme", "b", ten, ttl_s=30, budget_bytes=25)
+    assert not await store.keep_answer("acme", "c", ten, ttl_s=60, budget_bytes=25)  # 30 bytes > 25
+    assert await store.kept_answer("acme", "c") is None
+    assert await store.keep_answer("beta", "c", ten, ttl_s=60, budget_bytes=25)  # a budget per startup
+    assert await store.keep_answer("acme", "a", ten + b"12", ttl_s=60, budget_bytes=25)  # replaces: 22 bytes
+    assert await store.kept_answer("acme", "a") == ten + b"12"
+    assert not await store.keep_answer("acme", "c", b"1234", ttl_s=60, budget_bytes=25)
+    assert await store.keep_answer("acme", "c", b"1234", ttl_s=60)  # no budget: kept (26 bytes now)
+    clock.advance(30)  # b's time is up: its bytes no longer count (16 left)
+    assert await store.kept_answer("acme", "b") is None
+    assert await store.keep_answer("acme", "d", b"123456789", ttl_s=60, budget_bytes=25)  # 25 bytes
+    assert not await store.keep_answer("acme", "e", b"1", ttl_s=60, budget_bytes=25)
+    assert [await store.kept_answer("acme", k) for k in "acd"] == [ten + b"12", b"1234", b"123456789"]
