@@ -184,11 +184,7 @@ async def test_an_idempotency_key_names_one_request(
     big = {"Idempotency-Key": "not-kept"}
     await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=big)
     await eventually(lambda: _spent_is(gateway, "10"))
-    with pytest.raises(openai.ConflictError) as conflict:
-        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=big)
-    assert conflict.value.code == "conflict" and "not kept" in conflict.value.message
-    with pytest.raises(openai.UnprocessableEntityError):
-        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3, extra_headers=big)
+    await _refused_as_not_kept(client, big)
     assert len(upstream.state.requests) == 2
     b = await gateway.balance("acme")
     assert b["spent"] == "10" and b["held"] == "0"
@@ -211,13 +207,18 @@ async def test_past_its_budget_of_kept_answers_a_startup_gets_409_on_retry_never
         model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=fits)
     assert again.headers["idempotent-replayed"] == "true"
     assert again.http_response.content == first.http_response.content
-    with pytest.raises(openai.ConflictError) as refused:
-        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=over)
-    assert "not kept" in refused.value.message
-    with pytest.raises(openai.UnprocessableEntityError):  # the fingerprint was kept
-        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, extra_headers=over)
+    await _refused_as_not_kept(client, over)  # the fingerprint alone was kept
     assert len(upstream.state.requests) == 2
     assert (await gateway.balance("acme"))["spent"] == "10"
+
+
+async def _refused_as_not_kept(client: openai.AsyncOpenAI, headers: dict[str, str]) -> None:
+    """A key whose answer (max_tokens=5) was not kept: the same request hears 409, another body 422."""
+    with pytest.raises(openai.ConflictError) as conflict:
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, extra_headers=headers)
+    assert conflict.value.code == "conflict" and "not kept" in conflict.value.message
+    with pytest.raises(openai.UnprocessableEntityError):
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3, extra_headers=headers)
 
 
 async def _credit_per_token(gateway: Running, upstream: FakeUpstream, store: Store, credits: str = "100") -> str:
