@@ -27,6 +27,8 @@ Layout (ns = namespace, s = startup id; `{s}` is a hash tag, so one startup's le
     {ns}:{s}:answer:{key}              string "expires_at|answer" kept for an idempotency key's retries
     {ns}:{s}:answers:expiry            zset  idempotency key -> expiry of its kept answer
     {ns}:{s}:answers:size / :bytes     hash  idempotency key -> bytes kept; string: their running total
+    {ns}:events                        pub/sub channel of ledger events (vouchers.events)
+    {ns}:events:ack:{nonce}            list  one entry per listener that applied the event
 
 Lua scripts receive the keys they touch, or, for per-voucher and per-hold hashes whose ids they only
 learn while running, a prefix built here; they never invent a key name of their own.
@@ -125,6 +127,13 @@ class RedisKeys:
     @property
     def limits(self) -> str:
         return f"{self.ns}:limits"
+
+    @property
+    def events(self) -> str:
+        return f"{self.ns}:events"
+
+    def event_ack(self, nonce: str) -> str:
+        return f"{self.ns}:events:ack:{nonce}"
 
     def worker(self, worker_id: str) -> str:
         return f"{self.ns}:worker:{worker_id}"

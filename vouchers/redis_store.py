@@ -21,6 +21,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from vouchers.clock import Clock
 from vouchers.errors import BAD_KEY, AuthenticationError, Conflict, InsufficientQuota, InvalidRequest, NotFound
+from vouchers.events import EventKind, LedgerEvent, Listener
 from vouchers.keys import new_id
 from vouchers.models import (
     ApiKey,
@@ -52,6 +53,7 @@ from vouchers.redis_codec import (
     voucher_from,
     worker_json,
 )
+from vouchers.redis_events import EventChannel
 from vouchers.redis_keys import RedisKeys, StartupKeys
 from vouchers.redis_scripts import ScriptRunner
 from vouchers.units import Kind
@@ -75,6 +77,7 @@ class RedisStore:
         self._clock = clock
         self.keys = RedisKeys(namespace)
         self._scripts = ScriptRunner(client, url)
+        self._events = EventChannel(client, url, self.keys)
         self._owners: OrderedDict[str, tuple[str, Kind]] = OrderedDict()
         self._startup_keys: dict[str, StartupKeys] = {}
 
@@ -110,9 +113,22 @@ class RedisStore:
             log.warning("Redis maxmemory-policy is %s: it may evict ledger keys; use noeviction", policy)
 
     async def close(self) -> None:
-        """Wait for batched calls in flight, then close the connections."""
+        """Stop hearing events, wait for batched calls in flight, then close the connections."""
+        await self._events.close()
         await self._scripts.aclose()
         await self._r.aclose()
+
+    # ledger events (vouchers.redis_events)
+
+    async def watch(self, listener: Listener) -> None:
+        await self._events.watch(listener)
+
+    async def unwatch(self, listener: Listener) -> None:
+        await self._events.unwatch(listener)
+
+    @property
+    def watching(self) -> bool:
+        return self._events.watching
 
     # startups and keys
 
@@ -196,6 +212,7 @@ class RedisStore:
         if not await self._r.hexists(self.keys.keys, key_id):
             raise NotFound(f"no key {key_id}", param="key_id")
         await self._r.hsetnx(self.keys.keys_revoked, key_id, time_text(self._clock.now()))
+        await self._events.announce(LedgerEvent(EventKind.KEY_REVOKED, key_id))
         return (await self._keys_by_id([key_id]))[0]
 
     # vouchers
@@ -261,7 +278,9 @@ class RedisStore:
         if key is None:
             raise NotFound(f"no voucher {voucher_id}", param="voucher_id")
         await self._scripts.run("void", [key], [time_text(self._clock.now())])
-        return voucher_from(await self._r.hgetall(key))
+        voucher = voucher_from(await self._r.hgetall(key))
+        await self._events.announce(LedgerEvent(EventKind.VOUCHER_VOIDED, voucher.startup_id))
+        return voucher
 
     async def get_voucher(self, voucher_id: str) -> Voucher | None:
         """The voucher, or None."""

@@ -15,6 +15,7 @@ from typing import Any
 from vouchers import sqlite_ledger as ledger
 from vouchers.clock import Clock
 from vouchers.errors import BAD_KEY, AuthenticationError, Conflict, InsufficientQuota, InvalidRequest, NotFound
+from vouchers.events import Listener
 from vouchers.keys import new_id
 from vouchers.models import (
     ApiKey,
@@ -59,6 +60,19 @@ class SqliteStore:
     async def close(self) -> None:
         """Finish queued work, close the connection and stop the thread."""
         await self._runner.close()
+
+    # ledger events: none. Another process on the same file could revoke a key or void a voucher unheard,
+    # so a gateway on SQLite checks each request in the ledger itself (no remembered keys, no leases).
+
+    async def watch(self, listener: Listener) -> None:
+        pass
+
+    async def unwatch(self, listener: Listener) -> None:
+        pass
+
+    @property
+    def watching(self) -> bool:
+        return False
 
     # startups and keys
 

@@ -21,12 +21,17 @@ Ledger rules every backend keeps:
 - release frees what the hold still holds; releasing a settled or released hold changes nothing.
 - A voided or expired voucher takes no new holds and no new debits; its past spending stands.
 - Every debit appends a journal line; sum of journal amounts == sum of voucher `spent`.
+
+Ledger events (`vouchers.events`): where the store can tell them (`watching`), a revoked key and a voided
+voucher are told to every listener watching the same ledger, and `revoke_key` / `void_voucher` return only
+once each listener has heard. Redis can; SQLite cannot (another process may share the file unheard).
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from vouchers.events import Listener
 from vouchers.models import (
     ApiKey,
     Balance,
@@ -49,6 +54,19 @@ class Store(Protocol):
         """Release connections and threads."""
         ...
 
+    # ledger events
+    async def watch(self, listener: Listener) -> None:
+        """Tell `listener` of every key revocation and voucher void on this ledger from now on, made
+        through any store on it; returns once events flow (see `watching`)."""
+        ...
+
+    async def unwatch(self, listener: Listener) -> None: ...
+
+    @property
+    def watching(self) -> bool:
+        """True while every event reaches this store's listeners; when it turns False they hear None."""
+        ...
+
     # startups and keys
     async def create_startup(self, startup_id: str, name: str) -> Startup:
         """Create a startup; Conflict if the id exists."""
@@ -69,7 +87,8 @@ class Store(Protocol):
     async def list_keys(self, startup_id: str) -> list[ApiKey]: ...
 
     async def revoke_key(self, key_id: str) -> ApiKey:
-        """Revoke at once; NotFound if unknown. Revoking twice keeps the first time."""
+        """Revoke at once; NotFound if unknown. Revoking twice keeps the first time. Watching listeners have
+        heard of it when this returns."""
         ...
 
     # vouchers
@@ -88,7 +107,8 @@ class Store(Protocol):
         ...
 
     async def void_voucher(self, voucher_id: str) -> Voucher:
-        """Stop a voucher burning; past usage stands. NotFound if unknown."""
+        """Stop a voucher burning; past usage stands. NotFound if unknown. Watching listeners have heard of
+        it (as its startup's event) when this returns."""
         ...
 
     async def get_voucher(self, voucher_id: str) -> Voucher | None: ...

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from tests.conftest import _drop_namespace, redis_url, stop
 from vouchers.clock import ManualClock
 from vouchers.errors import InsufficientQuota
+from vouchers.events import EventKind, LedgerEvent
 from vouchers.models import ApiKey, ChargeRef, Limits, Price, WorkerRecord
 from vouchers.redis_store import RedisStore
 from vouchers.units import MAX_AMOUNT, Kind
@@ -248,3 +249,45 @@ async def test_opening_on_a_server_without_aof_warns(
         finally:
             await admin.aclose()
     assert not [r for r in caplog.records if "without AOF" in r.getMessage()]
+
+
+async def test_a_revocation_and_a_void_are_heard_by_every_watching_replica_before_they_return(
+    pair: tuple[RedisStore, RedisStore],
+) -> None:
+    a, b = pair
+    heard_a: list[LedgerEvent | None] = []
+    heard_b: list[LedgerEvent | None] = []
+    await a.watch(heard_a.append)
+    await b.watch(heard_b.append)
+    assert a.watching and b.watching
+    assert heard_a == [None] and heard_b == [None]  # set up: forget what may have been missed before
+    await a.create_startup("acme", "Acme")
+    key = await a.add_key(ApiKey("key_1", "acme", "ci", "hash-1", "sk-shuqi-x", 0.0))
+    voucher = await a.grant("acme", M, 100)
+    await b.revoke_key(key.id)  # no wait after it: both must have heard already
+    assert heard_a[-1] == heard_b[-1] == LedgerEvent(EventKind.KEY_REVOKED, key.id)
+    await a.void_voucher(voucher.id)
+    assert heard_a[-1] == heard_b[-1] == LedgerEvent(EventKind.VOUCHER_VOIDED, "acme")
+
+
+async def test_a_dropped_subscription_is_heard_as_none_and_comes_back(private_redis: str, clock: ManualClock) -> None:
+    store = await RedisStore.open(private_redis, clock=clock, namespace="events")
+    admin = aioredis.from_url(private_redis)
+    heard: list[LedgerEvent | None] = []
+    try:
+        await store.watch(heard.append)
+        assert store.watching and heard == [None]
+        await admin.client_kill_filter(_type="pubsub")
+        for _ in range(200):  # the subscriber notices the closed socket on its next read
+            if len(heard) >= 3:
+                break
+            await asyncio.sleep(0.02)
+        assert heard == [None, None, None]  # lost, then subscribed again
+        assert store.watching
+        await store.create_startup("acme", "Acme")
+        key = await store.add_key(ApiKey("key_1", "acme", "ci", "hash-1", "sk-shuqi-x", 0.0))
+        await store.revoke_key(key.id)
+        assert heard[-1] == LedgerEvent(EventKind.KEY_REVOKED, key.id)
+    finally:
+        await admin.aclose()
+        await store.close()
