@@ -129,7 +129,7 @@ async def startup_balance(request: Request, startup_id: str) -> Response:
     gw = gateway_of(request)
     if await gw.store.get_startup(startup_id) is None:
         raise NotFound(f"No startup {startup_id!r}.", param="id")
-    await gw.settled()
+    await gw.settled(startup_id)
     return _json(wire.balance(await gw.store.balance(startup_id)))
 
 

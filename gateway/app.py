@@ -72,18 +72,23 @@ async def _running(app: FastAPI, settings: GatewaySettings, store: Store | None,
                      lookups=Lookups(store, ttl_s=settings.price_cache_s), metrics=metrics.ServiceMetrics(),
                      admin_token=settings.resolve_admin_token())
         app.state.gateway = gw
+        await store.watch(gw.on_event)
+        gw.listening = True
+        stack.push_async_callback(store.unwatch, gw.on_event)
         await workers.refresh()
         await workers.check_health()
         tasks = [
             asyncio.create_task(_every(settings.worker_refresh_s, "refresh workers", workers.refresh)),
             asyncio.create_task(_every(settings.health_interval_s, "health checks", workers.check_health)),
             asyncio.create_task(_every(settings.reap_interval_s, "reap holds", store.reap_holds)),
+            asyncio.create_task(_every(settings.lease_idle_s / 4, "tend leases", gw.leases.tend)),
         ]
         try:
             yield
         finally:
             await _stop(tasks)
             await gw.drain()  # charges of answers already sent reach the store before it closes
+            await gw.leases.close()
 
 
 async def healthz(request: Request) -> Response:

@@ -1,19 +1,24 @@
 """Bearer authentication: startup keys by hash, and the admin token.
 
 A key's record never changes except for its revocation, so each replica remembers which startup a key
-hash belongs to. A remembered key is not trusted as active: the request's first atomic ledger call (rate
-limit or hold) checks the revocation in the same step (`Store.reserve(key_id=...)`), so a revoked key
-stops at its very next request while an active one costs no lookup round trip.
+hash belongs to. While the store's ledger events flow (`vouchers.events`), a revocation reaches every
+replica before the admin call returns and removes the key from its memory, so a remembered key is
+trusted as it is. While they do not, a remembered key is not trusted as active: the request's first
+atomic ledger call (rate limit or hold) checks the revocation in the same step
+(`Store.reserve(key_id=...)`). Either way a revoked key stops at its very next request, and an active one
+costs no lookup round trip.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
 from vouchers.errors import BAD_KEY, AuthenticationError
+from vouchers.events import EventKind, LedgerEvent
 from vouchers.keys import hash_secret
 from vouchers.store import Store
 
@@ -35,25 +40,43 @@ class Caller:
 
 
 class KeyBook:
-    """Key hash -> (startup, key id), for keys this replica has seen active. Bounded; never negative."""
+    """Key hash -> (startup, key id), for keys this replica has seen active. Bounded; never negative.
 
-    def __init__(self, limit: int = _MAX_REMEMBERED) -> None:
+    `trusted` says whether revocations reach this book now (the store's events flow); `epoch` changes with
+    every revocation heard, so a lookup that raced one is not remembered.
+    """
+
+    def __init__(self, limit: int = _MAX_REMEMBERED, trusted: Callable[[], bool] = lambda: False) -> None:
         self._known: dict[str, tuple[str, str]] = {}
         self._limit = limit
+        self._trusted = trusted
+        self.epoch = 0
 
     def recall(self, digest: str) -> Caller | None:
         known = self._known.get(digest)
-        return None if known is None else Caller(known[0], known[1], verified=False)
+        return None if known is None else Caller(known[0], known[1], verified=self._trusted())
 
-    def learn(self, digest: str, caller: Caller) -> None:
+    def learn(self, digest: str, caller: Caller, epoch: int) -> None:
+        """Remember an active key read from the store when the book's epoch was `epoch`."""
+        if epoch != self.epoch:
+            return  # a revocation came in while the key was read: it may be this one
         if len(self._known) >= self._limit:
             self._known.clear()  # a rare full reset is cheaper than tracking recency on every request
         self._known[digest] = (caller.startup_id, caller.key_id)
 
     def forget(self, key_id: str) -> None:
+        self.epoch += 1
         for digest, (_, kid) in list(self._known.items()):
             if kid == key_id:
                 del self._known[digest]
+
+    def on_event(self, event: LedgerEvent | None) -> None:
+        """A ledger event: a revocation forgets the key; None (events may be lost) forgets every key."""
+        if event is None:
+            self.epoch += 1
+            self._known.clear()
+        elif event.kind is EventKind.KEY_REVOKED:
+            self.forget(event.subject)
 
 
 def _bearer(request: Request) -> str | None:
@@ -78,13 +101,14 @@ async def startup_caller(store: Store, request: Request, book: KeyBook | None = 
     digest = hash_secret(secret)
     if book is not None and (known := book.recall(digest)) is not None:
         return known
+    epoch = book.epoch if book is not None else 0
     record = await store.key_by_hash(digest)
     # The lookup is by hash, so timing reveals nothing about the secret; the compare stays constant-time anyway.
     if record is None or not hmac.compare_digest(record.key_hash, digest) or not record.active:
         raise AuthenticationError(BAD_KEY)
     caller = Caller(startup_id=record.startup_id, key_id=record.id)
     if book is not None:
-        book.learn(digest, caller)
+        book.learn(digest, caller, epoch)
     return caller
 
 

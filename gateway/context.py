@@ -11,12 +11,14 @@ import aiohttp
 from starlette.requests import Request
 
 from gateway.auth import KeyBook
+from gateway.leases import Leases
 from gateway.lookups import Lookups
 from gateway.metrics import ServiceMetrics
 from gateway.pool import Pool
 from gateway.registry import WorkerTable
 from gateway.settings import GatewaySettings
 from vouchers.clock import Clock
+from vouchers.events import LedgerEvent
 from vouchers.store import Store
 
 
@@ -31,8 +33,24 @@ class Gateway:
     lookups: Lookups
     metrics: ServiceMetrics
     admin_token: str
-    keys: KeyBook = field(default_factory=KeyBook)
+    leases: Leases = field(init=False)
+    keys: KeyBook = field(init=False)
+    listening: bool = False  # this gateway's listener hears the store's ledger events (vouchers.events)
     settling: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.keys = KeyBook(trusted=self.events_flow)
+        s = self.settings
+        self.leases = Leases(self.store, self.clock, requests=s.lease_requests, idle_s=s.lease_idle_s,
+                             ttl_s=s.hold_ttl_s, events_flow=self.events_flow)
+
+    def events_flow(self) -> bool:
+        """True while every revocation and void reaches this replica before the admin call returns."""
+        return self.listening and self.store.watching
+
+    def on_event(self, event: LedgerEvent | None) -> None:
+        self.keys.on_event(event)
+        self.leases.on_event(event)
 
     def defer(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ledger work after the answer is sent; `settled` waits for it."""
@@ -40,16 +58,19 @@ class Gateway:
         self.settling.add(task)
         task.add_done_callback(self.settling.discard)
 
-    async def settled(self) -> None:
+    async def settled(self, startup_id: str | None = None) -> None:
         """Wait until the deferred settles started before this call have reached the store.
 
         Reads of balances, journals and metrics call this first, so a client that got its answer and then
-        asks what it was charged sees the charge. Settles that start later are not waited for: under
-        steady traffic there is always another one, and a read must not wait for the traffic to stop.
+        asks what it was charged sees the charge; then this replica's idle leases (of `startup_id`, or
+        all) are released, so what is held is what running requests hold. Settles that start later are not
+        waited for: under steady traffic there is always another one, and a read must not wait for the
+        traffic to stop.
         """
         pending = list(self.settling)
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.leases.quiesce(startup_id)
 
     async def drain(self) -> None:
         """Wait until no deferred settle is left (at shutdown, once no request can start one)."""

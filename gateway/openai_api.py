@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import ratelimit, replay, tokens, validation, wire
+from gateway.admission import Admission, HeldRequest
 from gateway.auth import Caller, startup_caller, verified
 from gateway.context import Gateway, gateway_of
 from gateway.metering import completion_budget, worst_case
@@ -168,9 +169,16 @@ async def _admit(gw: Gateway, caller: Caller, request: Request, request_id: str,
         headers.update(rate_headers)
         caller = Caller(caller.startup_id, caller.key_id)  # the rate limit call checked the key
     amount = worst_case(prompt, budget, price)
-    hold, keeping = await _reserve(gw, caller, request, request_id, amount, parsed, raw, headers)
-    return Exchange(gw, startup_id, parsed, request_id, price, hold, prompt, exact, replicas, headers, started,
-                    keeping=keeping)
+    admission: Admission | None = None
+    keeping: Keeping | None = None
+    if caller.verified and "idempotency-key" not in request.headers:
+        # A key checked now (or trusted: events flow) and no answer to keep: a lease may admit it in memory.
+        admission = await gw.leases.admit(startup_id, amount, f"{startup_id}:req:{request_id}")
+    if admission is None:
+        hold, keeping = await _reserve(gw, caller, request, request_id, amount, parsed, raw, headers)
+        admission = HeldRequest(gw.store, hold)
+    return Exchange(gw, startup_id, parsed, request_id, price, admission, prompt, exact, replicas, headers,
+                    started, keeping=keeping)
 
 
 async def chat_completions(request: Request) -> Response:
@@ -216,7 +224,7 @@ async def my_balance(request: Request) -> Response:
     """GET /v1/balance: the caller's own balance."""
     gw = gateway_of(request)
     caller = await startup_caller(gw.store, request)
-    await gw.settled()
+    await gw.settled(caller.startup_id)
     return _json(wire.balance(await gw.store.balance(caller.startup_id)))
 
 
@@ -232,7 +240,7 @@ async def my_usage(request: Request) -> Response:
         if not query["limit"].isdigit() or int(query["limit"]) < 1:
             raise InvalidRequest("'limit' must be a positive integer", param="limit")
         limit = int(query["limit"])
-    await gw.settled()
+    await gw.settled(caller.startup_id)
     lines = await gw.store.journal(caller.startup_id, since=since, until=until, limit=limit)
     return _json({"object": "list", "data": [wire.journal_line(line) for line in lines]})
 

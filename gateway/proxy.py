@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway import replay, tokens
+from gateway.admission import Admission
 from gateway.context import Gateway
 from gateway.errors import sse_error_event
 from gateway.metering import Usage, cost, usage_from
@@ -26,7 +27,7 @@ from gateway.replay import Keeping, Kept
 from gateway.sse import StreamCounter
 from gateway.validation import ParsedRequest
 from vouchers.errors import InvalidRequest, ModelUnavailable, ShuqiError, UpstreamError
-from vouchers.models import ChargeRef, Hold, HoldStatus, Price, WorkerRecord
+from vouchers.models import ChargeRef, Price, WorkerRecord
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class Exchange:
     parsed: ParsedRequest
     request_id: str
     price: Price | None
-    hold: Hold | None
+    admission: Admission  # the request's own hold, or a ticket on a lease
     prompt_estimate: int
     prompt_exact: bool  # the estimate came from the model's tokenizer, not the byte bound
     replicas: list[WorkerRecord]
@@ -258,7 +259,7 @@ class Exchange:
                 out = counter.feed(chunk)
                 if out:
                     yield self._sent(out)
-                if self.hold is not None and clock.now() - last_extend > extend_every:
+                if clock.now() - last_extend > extend_every:
                     last_extend = clock.now()
                     await self._extend_hold()
             tail = counter.flush()
@@ -273,16 +274,14 @@ class Exchange:
 
     async def _extend_hold(self) -> None:
         """Keep a long stream's hold from being reaped while it still runs."""
-        if self.hold is None:
-            return
         try:
-            await self.gw.store.extend(self.hold.id, ttl_s=self.gw.settings.hold_ttl_s)
+            await self.admission.keep_alive(self.gw.settings.hold_ttl_s)
         except ShuqiError as exc:
             log.warning("could not extend the hold: %s", exc.message, extra={"request_id": self.request_id})
 
     async def _prompt_tokens(self, worker: WorkerRecord) -> int:
         """Prompt tokens of a stream that ended without usage: the tokenizer's count where we can get it."""
-        if self.prompt_exact or self.hold is None:
+        if self.prompt_exact:
             return self.prompt_estimate
         counted = await tokens.count(self.gw.client, worker, self.parsed,
                                      timeout_s=self.gw.settings.tokenize_timeout_s)
@@ -295,18 +294,17 @@ class Exchange:
         await self._charge(usage)
 
     async def _charge(self, usage: Usage) -> None:
-        if self.hold is None:
-            return
         ref = ChargeRef(reference=self.request_id, model=self.parsed.model, prompt_tokens=usage.prompt_tokens,
                         completion_tokens=usage.completion_tokens)
         amount = cost(usage, self.price)
         for attempt in (1, 2):
             try:
-                await self.gw.store.charge(self.hold.id, amount, ref)
+                await self.admission.charge(amount, ref)
                 return
             except Exception:
-                # A final settle happens once, so trying again cannot charge twice. If both tries fail the
-                # answer is already delivered; the hold's TTL bounds what the unsettled request can hide.
+                # A charge is made once (a final settle, or a partial one under the request's key), so trying
+                # again cannot charge twice. If both tries fail the answer is already delivered; the hold's
+                # TTL bounds what the unsettled request can hide.
                 log.exception("settle failed (attempt %s)", attempt,
                               extra={"request_id": self.request_id, "startup": self.startup_id})
 
@@ -351,11 +349,9 @@ class Exchange:
         if self._done:
             return
         self._done = True
-        if self.hold is None or self.hold.status is not HoldStatus.OPEN:
-            return
         with anyio.CancelScope(shield=True):
             try:
-                await self.gw.store.release(self.hold.id)
+                await self.admission.release()
             except Exception:
                 log.exception("release failed", extra={"request_id": self.request_id, "startup": self.startup_id})
 

@@ -34,6 +34,11 @@ class GatewaySettings(BaseSettings):
     upstream_connect_timeout_s: float = Field(default=3.0, gt=0)
     upstream_read_timeout_s: float = Field(default=600.0, gt=0)
     max_connections: int = Field(default=256, ge=1)
+    # Admission leases (gateway.leases): a replica sets aside this many worst cases of a startup's requests
+    # in one hold and admits against it in memory (0: every request takes its own hold); an idle lease is
+    # released after lease_idle_s.
+    lease_requests: int = Field(default=32, ge=0)
+    lease_idle_s: float = Field(default=1.0, gt=0)
     price_cache_s: float = Field(default=1.0, ge=0)  # how long a replica may use a stale price or limit
     # The answer to a request with an Idempotency-Key (JSON, or a finished stream's events) is kept this
     # long, up to this size, and sent again to a retry with the same key; each startup's kept answers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import orjson
 import pytest
@@ -11,10 +12,13 @@ from hypothesis import strategies as st
 
 from gateway import metering, ratelimit, tokens, validation
 from gateway.context import Gateway
+from gateway.leases import Leases
 from gateway.sse import StreamCounter
 from gateway.validation import Endpoint
+from vouchers.clock import SystemClock
 from vouchers.errors import InvalidRequest
 from vouchers.models import Price, RateDecision
+from vouchers.store import Store
 
 
 def _event(payload: object) -> bytes:
@@ -126,6 +130,7 @@ def test_rate_limit_headers_use_openai_formats() -> None:
 async def test_a_ledger_read_waits_for_earlier_charges_not_for_the_traffic_to_stop() -> None:
     gw = object.__new__(Gateway)  # only the deferred-work part is exercised
     gw.settling = set()
+    gw.leases = Leases(cast(Store, None), SystemClock(), requests=0, idle_s=1, ttl_s=1, events_flow=lambda: False)
     earlier, later = asyncio.Event(), asyncio.Event()
     done: list[str] = []
 
