@@ -30,8 +30,9 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from vouchers.clock import Clock
 from vouchers.errors import Conflict, InsufficientQuota, NotFound
@@ -43,6 +44,7 @@ from vouchers.units import Kind
 log = logging.getLogger(__name__)
 
 SHORT_S = 1.0  # after a lease could not grow, the startup's requests take the exact path this long
+_ATTEMPTS = 3  # looks for room (each after one change to the lease) before a request takes its own hold
 
 
 @dataclass(eq=False)
@@ -56,6 +58,8 @@ class Lease:
     running: int = 0  # worst cases of admitted requests not yet charged or released
     tickets: int = 0
     charging: int = 0  # charges on their way to the store
+    wanted: int = 0  # worst cases of the requests waiting for room
+    refill_after: float = 0.0  # monotonic: no background refill before then (the last one did not fit)
     retired: bool = False
 
     @property
@@ -121,10 +125,11 @@ class Leases:
         self._ttl_s = ttl_s
         self._current: dict[str, Lease] = {}
         self._retired: set[Lease] = set()
-        self._locks: dict[str, asyncio.Lock] = {}
         self._short: dict[str, float] = {}
         self._epochs: dict[str, int] = {}  # per startup: bumped by each void, so a lease taken across one is dropped
         self._epoch = 0  # bumped when events may have been missed
+        self._expiries: dict[str, float] = {}  # voucher id -> its expiry (inf: none)
+        self._changing: dict[str, asyncio.Task[None]] = {}  # the one open or grow under way, per startup
 
     @property
     def enabled(self) -> bool:
@@ -149,30 +154,67 @@ class Leases:
         the request takes the exact path (its own hold)."""
         if not self.enabled or worst <= 0:
             return None
-        lease = self._current.get(startup_id)
-        if lease is not None and lease.free >= worst and self._usable(lease):
-            return self._take(lease, worst, key)
-        if self._short.get(startup_id, 0.0) > time.monotonic():
-            return None
-        lock = self._locks.setdefault(startup_id, asyncio.Lock())
-        async with lock:
+        for _ in range(_ATTEMPTS):
             lease = self._current.get(startup_id)
-            if lease is not None and lease.free >= worst and self._usable(lease):
-                return self._take(lease, worst, key)  # another request grew it meanwhile
-            if self._short.get(startup_id, 0.0) > time.monotonic():
-                return None
             if lease is not None and not self._usable(lease):
                 self._retire(lease)
                 lease = None
-            if lease is None:
-                lease = await self._open(startup_id, worst)
-            elif lease.free < worst and not await self._grow(lease, worst):
-                lease = None
-            if lease is None or not self.enabled or lease.retired or lease.free < worst:
+            if lease is not None and lease.free >= worst:
+                self._refill_soon(lease, worst)
+                return self._take(lease, worst, key)
+            if self._short.get(startup_id, 0.0) > time.monotonic():
                 return None
-            return self._take(lease, worst, key)
+            # No room: wait for the one change of this startup's lease under way (or start it), then look again.
+            if lease is not None:
+                lease.wanted += worst
+            try:
+                await self._change(startup_id, worst)
+            finally:
+                if lease is not None:
+                    lease.wanted -= worst
+            if not self.enabled:
+                return None
+        return None
 
-    async def _open(self, startup_id: str, worst: int) -> Lease | None:
+    def _target(self, lease: Lease, worst: int) -> int:
+        """How much a lease should have free: `requests` worst cases, plus as much as its requests running
+        now hold (under more concurrency a lease of a fixed size would run dry every few requests)."""
+        return worst * self._requests + lease.running
+
+    def _refill_soon(self, lease: Lease, worst: int) -> None:
+        """Grow the lease in the background once half of its room is taken, so requests rarely wait."""
+        if (lease.free - worst >= self._target(lease, worst) // 2 or lease.startup_id in self._changing
+                or lease.refill_after > time.monotonic()):
+            return
+        self._start(lease.startup_id, self._refill(lease, worst))
+
+    async def _refill(self, lease: Lease, worst: int) -> None:
+        try:
+            await self._grow(lease, worst, background=True)
+        except Exception:
+            log.exception("could not grow a lease", extra={"startup": lease.startup_id})
+
+    async def _change(self, startup_id: str, worst: int) -> None:
+        """Wait for the change under way to the startup's lease, or open or grow it now."""
+        task = self._changing.get(startup_id)
+        if task is None:
+            lease = self._current.get(startup_id)
+            task = self._start(startup_id, self._open(startup_id, worst) if lease is None else
+                               self._grow(lease, worst, background=False))
+        await asyncio.shield(task)
+
+    def _start(self, startup_id: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._changing[startup_id] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            if self._changing.get(startup_id) is task:
+                del self._changing[startup_id]
+
+        task.add_done_callback(done)
+        return task
+
+    async def _open(self, startup_id: str, worst: int) -> None:
         epochs = (self._epoch, self._epochs.get(startup_id, 0))
         key = f"{startup_id}:lease:{secrets.token_hex(8)}"
         try:
@@ -180,41 +222,51 @@ class Leases:
                                              idempotency_key=key)
         except InsufficientQuota:
             self._short[startup_id] = time.monotonic() + SHORT_S
-            return None
+            return
         lease = Lease(startup_id, hold.id, held=sum(amount for _, amount in hold.allocations),
                       expires_at=hold.expires_at, horizon=await self._horizon(hold), last_used=time.monotonic())
         if epochs != (self._epoch, self._epochs.get(startup_id, 0)):
             self._retired.add(lease)  # a void (or lost events) came in meanwhile: this lease may draw on it
             lease.retired = True
-            return None
+            return
         self._current[startup_id] = lease
-        return lease
 
-    async def _grow(self, lease: Lease, worst: int) -> bool:
+    async def _grow(self, lease: Lease, worst: int, *, background: bool) -> None:
+        """Hold more on the lease: enough for its target and every request waiting, else (not in the
+        background) just enough for those waiting, else for one. When nothing fits the startup is short
+        for a while (its requests take their own holds), or, in the background, no refill is tried."""
         epochs = (self._epoch, self._epochs.get(lease.startup_id, 0))
-        for add in (worst * self._requests - lease.free, worst - lease.free):
+        full = self._target(lease, worst) + lease.wanted
+        tries = [full] if background else [full, lease.wanted, worst]
+        for want in tries:
+            add = want - lease.free
+            if add <= 0:
+                continue
             try:
                 hold = await self._store.extend(lease.hold_id, ttl_s=self._ttl_s, add_amount=add)
             except InsufficientQuota:
                 continue
             except (Conflict, NotFound):
                 self._retire(lease)
-                return False
+                return
             lease.held += add
             lease.expires_at = hold.expires_at
             lease.horizon = min(lease.horizon, await self._horizon(hold))
             if epochs != (self._epoch, self._epochs.get(lease.startup_id, 0)):
                 self._retire(lease)
-                return False
-            return True
-        self._short[lease.startup_id] = time.monotonic() + SHORT_S
-        return False
+            return
+        if background:
+            lease.refill_after = time.monotonic() + SHORT_S  # no room for a full lease: stop trying for a while
+        else:
+            self._short[lease.startup_id] = time.monotonic() + SHORT_S
 
     async def _horizon(self, hold: Hold) -> float:
-        """The first expiry among the vouchers the hold draws on."""
+        """The first expiry among the vouchers the hold draws on (a voucher's expiry never changes)."""
         drawn = {voucher_id for voucher_id, amount in hold.allocations if amount > 0}
-        vouchers = await self._store.list_vouchers(hold.startup_id, Kind.MODEL)
-        return min((v.expires_at for v in vouchers if v.id in drawn and v.expires_at is not None), default=math.inf)
+        if not drawn <= self._expiries.keys():
+            for v in await self._store.list_vouchers(hold.startup_id, Kind.MODEL):
+                self._expiries[v.id] = math.inf if v.expires_at is None else v.expires_at
+        return min((self._expiries.get(voucher_id, -math.inf) for voucher_id in drawn), default=math.inf)
 
     def _retire(self, lease: Lease) -> None:
         lease.retired = True
@@ -266,5 +318,9 @@ class Leases:
 
     async def close(self) -> None:
         """At shutdown, once no request runs: release every lease."""
+        tasks = list(self._changing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for lease in self.leases():
             await self._close(lease)
