@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
@@ -90,6 +91,22 @@ async def gateway(settings: GatewaySettings, clock: ManualClock, store: Store) -
             await client.close()
         await admin.aclose()
         server.stop()
+
+
+async def at_once(gateway: Running, key: str, n: int, messages: list[ChatCompletionMessageParam]) -> list[str]:
+    """Send `n` chat requests of max_tokens=1 all at once, each on its own connection: each result is "ok"
+    or the code of the 429 that refused it."""
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    client = gateway.client(key, http_client=httpx.AsyncClient(limits=limits, timeout=120))
+
+    async def one() -> str:
+        try:
+            await client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
+        except openai.RateLimitError as exc:
+            return str(exc.code)
+        return "ok"
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
 async def register(store: Store, upstream: FakeUpstream, *, worker_id: str = "w1", owner: str | None = None,

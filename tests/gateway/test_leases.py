@@ -20,7 +20,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from tests.conftest import redis_url
-from tests.gateway.conftest import MODEL, Running, eventually, register
+from tests.gateway.conftest import MODEL, Running, at_once, eventually, register
 from tests.gateway.fake_upstream import FakeUpstream, UvicornThread
 from vouchers.clock import ManualClock
 from vouchers.keys import hash_secret
@@ -85,17 +85,7 @@ async def test_k_requests_of_credit_let_exactly_k_through_out_of_200_when_k_is_l
 ) -> None:
     k = 3 * settings.lease_requests + 5  # leases open, grow, then shrink to what one request needs
     key = await _per_token(gateway, upstream, store, str(k))
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    client = gateway.client(key, http_client=httpx.AsyncClient(limits=limits, timeout=120))
-
-    async def one() -> str:
-        try:
-            await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
-        except openai.RateLimitError as exc:
-            return str(exc.code)
-        return "ok"
-
-    results = await asyncio.gather(*(one() for _ in range(200)))
+    results = await at_once(gateway, key, 200, MESSAGES)
     assert results.count("ok") + results.count("insufficient_quota") == 200
     assert results.count("ok") == k  # every credit bought a request, and no request went unpaid
     b = await gateway.balance("acme")

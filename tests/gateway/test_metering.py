@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
-import httpx
 import openai
 import orjson
 import pytest
@@ -15,7 +14,7 @@ from gateway import replay
 from gateway.app import create_app
 from gateway.replay import Kept
 from gateway.settings import GatewaySettings
-from tests.gateway.conftest import MODEL, Running, eventually, register
+from tests.gateway.conftest import MODEL, Running, at_once, eventually, register
 from tests.gateway.fake_upstream import FakeUpstream, UvicornThread
 from vouchers.clock import ManualClock
 from vouchers.store import Store
@@ -271,17 +270,7 @@ async def test_k_requests_of_credit_let_at_most_k_through_out_of_200(
     await register(store, upstream, capacity=256)
     await gateway.set_price(MODEL, "0", "1000000")  # worst case of max_tokens=1: exactly 1 credit
     key = await gateway.onboard("acme", str(k))
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    client = gateway.client(key, http_client=httpx.AsyncClient(limits=limits, timeout=120))
-
-    async def one() -> str:
-        try:
-            await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
-        except openai.RateLimitError as exc:
-            return str(exc.code)
-        return "ok"
-
-    results = await asyncio.gather(*(one() for _ in range(200)))
+    results = await at_once(gateway, key, 200, MESSAGES)
     assert results.count("ok") <= k
     assert results.count("ok") + results.count("insufficient_quota") == 200
     assert results.count("ok") == k  # nothing else was running, so every credit bought a request
