@@ -15,12 +15,14 @@ What stays exact:
   every replica before the admin call returns; a void retires the startup's lease (new requests take a
   new one, drawn from vouchers still in force). While events do not flow, no lease admits anything.
 - An expiring voucher: a lease admits nothing once a voucher it draws on has expired.
-- Scarce credit: when a full lease does not fit, the lease grows by just what one request needs; when
-  not even that fits, requests take the exact path for a second, so the last credits go out as without
-  leases.
+- Scarce credit: when a full lease does not fit, the lease grows by just what the waiting requests
+  need, then one; when not even that fits, requests take the exact path for a second, so on one replica
+  the last credits go out as without leases.
 
 What a user sees differently: `held` includes what this replica's leases set aside, until they have
-been idle for `lease_idle_s` or a balance is read through this replica.
+been idle for `lease_idle_s` or a balance is read through this replica. With several replicas, near the
+end of a startup's credit, one replica may refuse a request while another's lease still holds some of
+that credit (it is used there, or released once that lease is idle).
 """
 
 from __future__ import annotations
