@@ -81,7 +81,8 @@ async def _running(app: FastAPI, settings: GatewaySettings, store: Store | None,
             asyncio.create_task(_every(settings.worker_refresh_s, "refresh workers", workers.refresh)),
             asyncio.create_task(_every(settings.health_interval_s, "health checks", workers.check_health)),
             asyncio.create_task(_every(settings.reap_interval_s, "reap holds", store.reap_holds)),
-            asyncio.create_task(_every(settings.lease_idle_s / 4, "tend leases", gw.leases.tend)),
+            # Retired leases (a void, lost events) go back within this too, however long idle ones may stay.
+            asyncio.create_task(_every(min(settings.lease_idle_s / 4, 0.25), "tend leases", gw.leases.tend)),
         ]
         try:
             yield

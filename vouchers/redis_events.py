@@ -111,14 +111,15 @@ class EventChannel:
             message = await pubsub.get_message(timeout=PING_EVERY_S)
             now = time.monotonic()
             if message is not None:
+                # Anything read shows the connection alive. (The pong itself arrives mangled: with
+                # decode_responses redis-py parses a subscribed "PONG" as {'type': 'P', ...}.)
+                last_pong = now
                 kind = message["type"]
                 if kind == "subscribe":
                     # From here on every event arrives: what was remembered before may be stale.
                     self._listeners.tell(None)
                     self.watching = True
                     self._ready.set()
-                elif kind == "pong":
-                    last_pong = now
                 elif kind == "message":
                     await self._apply(message["data"])
             if now >= next_ping:

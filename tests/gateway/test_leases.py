@@ -169,32 +169,38 @@ async def test_a_lease_admits_nothing_once_a_voucher_it_draws_on_has_expired(
 
 
 async def test_when_events_stop_the_replica_forgets_and_comes_back(
-    gateway: Running, upstream: FakeUpstream, store: Store, namespace: str
+    gateway: Running, upstream: FakeUpstream, store: Store, settings: GatewaySettings, clock: ManualClock
 ) -> None:
     key = await _per_token(gateway, upstream, store, "1000")
-    client = gateway.client(key)
-    await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
-    assert (await store.balance("acme")).model.held > 0  # a lease
-    r = aioredis.from_url(redis_url())
+    # A replica whose idle leases stay: only hearing that events stopped can make it give its lease back.
+    patient = UvicornThread(create_app(settings.model_copy(update={"lease_idle_s": 3600.0}), clock=clock),
+                            lifespan="on", as_gateway=True)
+    patient.start()
     try:
-        assert await r.client_kill_filter(_type="pubsub") >= 1  # every subscription on the server drops
+        client = gateway.client(key, base_url=patient.url + "/v1")
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
+        assert (await store.balance("acme")).model.held > 0  # a lease
+        r = aioredis.from_url(redis_url())
+        try:
+            assert await r.client_kill_filter(_type="pubsub") >= 1  # every subscription on the server drops
+        finally:
+            await r.aclose()
+
+        async def lease_gone() -> bool:
+            return (await store.balance("acme")).model.held == 0
+
+        await eventually(lease_gone)
+        for _ in range(3):  # requests go on: on their own holds until the subscription is back, then on a lease
+            await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
+
+        async def leasing_again() -> bool:
+            await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
+            return (await store.balance("acme")).model.held > 0
+
+        await eventually(leasing_again)
     finally:
-        await r.aclose()
-
-    async def lease_gone() -> bool:
-        # The replica heard it may have missed events: its lease is retired and released.
-        return (await store.balance("acme")).model.held == 0
-
-    await eventually(lease_gone)
-    for _ in range(3):  # requests go on, on their own holds until the subscription is back, then on a lease
-        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
-
-    async def leasing_again() -> bool:
-        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
-        return (await store.balance("acme")).model.held > 0
-
-    await eventually(leasing_again)
-    b = await gateway.balance("acme")
+        patient.stop()
+    b = await gateway.balance("acme")  # the stopped replica gave its lease back
     assert b["held"] == "0" and Decimal(b["spent"]) >= 25
     _consistent(b)
 

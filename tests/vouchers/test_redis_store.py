@@ -291,3 +291,16 @@ async def test_a_dropped_subscription_is_heard_as_none_and_comes_back(private_re
     finally:
         await admin.aclose()
         await store.close()
+
+
+async def test_a_quiet_subscription_stays_up(
+    pair: tuple[RedisStore, RedisStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No events for many ping intervals: the pongs alone must keep it up (a drop would make every replica
+    # forget its keys and leases each time).
+    monkeypatch.setattr("vouchers.redis_events.PING_EVERY_S", 0.05)
+    a, _ = pair
+    heard: list[LedgerEvent | None] = []
+    await a.watch(heard.append)
+    await asyncio.sleep(0.6)  # twelve pings; no pong for three intervals would count as a lost connection
+    assert a.watching and heard == [None]
