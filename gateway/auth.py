@@ -29,8 +29,9 @@ _MAX_REMEMBERED = 100_000
 class Caller:
     startup_id: str
     key_id: str
-    # True when this request read the key from the store and found it active; False when it came from the
-    # replica's memory and its first ledger call must check the revocation (pass `check_key` to the store).
+    # True when this request read the key from the store and found it active, or took it from the replica's
+    # memory while revocations reach it (KeyBook's `trusted`); False when its first ledger call must check
+    # the revocation (pass `check_key` to the store).
     verified: bool = True
 
     @property

@@ -83,10 +83,6 @@ class Ticket:
         self._key = key
         self._ended = False
 
-    @property
-    def lease(self) -> Lease:
-        return self._lease
-
     def _end(self, used: int) -> None:
         if not self._ended:
             self._ended = True
