@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 from vouchers.clock import Clock, SystemClock
+from vouchers.jobs import JobStore, SchedulerState
 from vouchers.store import Store
 
 
@@ -24,3 +26,25 @@ async def open_store(url: str, *, data_dir: Path, clock: Clock | None = None, na
     from vouchers.sqlite_store import SqliteStore
 
     return await SqliteStore.open(path, clock=clock)
+
+
+class ClosableJobStore(JobStore, SchedulerState, Protocol):
+    async def close(self) -> None: ...
+
+
+async def open_job_store(url: str, *, data_dir: Path, clock: Clock | None = None,
+                         namespace: str = "shuqi") -> ClosableJobStore:
+    """Open the scheduler's job records on the same store as the ledger; the caller closes it."""
+    clock = clock or SystemClock()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from vouchers.redis_jobs import RedisJobs
+
+        return await RedisJobs.open(url, namespace=namespace, clock=clock)
+    path = data_dir / "ledger.db" if url == "sqlite" else Path(url.removeprefix("sqlite:///"))
+    from vouchers.sqlite_jobs import SqliteJobs
+    from vouchers.sqlite_runner import SqliteRunner
+
+    runner = SqliteRunner(path)
+    await runner.start()
+    return SqliteJobs(runner, clock, owns_runner=True)
+

@@ -194,3 +194,63 @@ class RedisKeys:
             voucher_prefix=self.voucher_prefix(startup_id),
             hold_prefix=self.hold_prefix(startup_id),
         )
+
+
+@dataclass(frozen=True)
+class JobKeys:
+    """The scheduler's keys (vouchers.redis_jobs), under the same namespace:
+
+        {ns}:job:{id}                  hash   doc (JSON at creation), status, f:{field} (JSON of a later change)
+        {ns}:job:{id}:archive / :logs  string the working-dir archive; the tail of the job's logs
+        {ns}:jobs:all                  zset   job id -> queued_at, every job
+        {ns}:jobs:status:{STATUS}      set    ids of QUEUED or RUNNING jobs (terminal ones are in none)
+        {ns}:{s}:jobs                  zset   job id -> queued_at, one startup's
+        {ns}:{s}:jobs:queued           set    its QUEUED job ids (the queue cap counts them)
+        {ns}:{s}:jobs:idem             hash   idempotency key -> job id
+        {ns}:scheduler:leader          string the leading instance, with a TTL
+        {ns}:scheduler:usage           hash   startup id -> "value|as_of" (fair share)
+        {ns}:scheduler:wake            list   pushed on a submit or cancel; a waiting scheduler pops it
+        {ns}:scheduler:capacity        string JSON of the cluster's nodes as the scheduler last saw them
+        {ns}:scheduler:estimates       hash   queued job id -> "position|start_at"
+    """
+
+    ns: str = "shuqi"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.ns}:job:{job_id}"
+
+    def archive(self, job_id: str) -> str:
+        return f"{self.ns}:job:{job_id}:archive"
+
+    def logs(self, job_id: str) -> str:
+        return f"{self.ns}:job:{job_id}:logs"
+
+    def all(self) -> str:
+        return f"{self.ns}:jobs:all"
+
+    def status(self, status: str) -> str:
+        return f"{self.ns}:jobs:status:{status}"
+
+    def startup_jobs(self, startup_id: str) -> str:
+        return f"{self.ns}:{{{startup_id}}}:jobs"
+
+    def startup_queued(self, startup_id: str) -> str:
+        return f"{self.ns}:{{{startup_id}}}:jobs:queued"
+
+    def idempotency(self, startup_id: str) -> str:
+        return f"{self.ns}:{{{startup_id}}}:jobs:idem"
+
+    def leader(self) -> str:
+        return f"{self.ns}:scheduler:leader"
+
+    def usage(self) -> str:
+        return f"{self.ns}:scheduler:usage"
+
+    def wake(self) -> str:
+        return f"{self.ns}:scheduler:wake"
+
+    def capacity(self) -> str:
+        return f"{self.ns}:scheduler:capacity"
+
+    def estimates(self) -> str:
+        return f"{self.ns}:scheduler:estimates"

@@ -142,3 +142,43 @@ PRAGMAS: tuple[str, ...] = (
     "PRAGMA synchronous = NORMAL",
     "PRAGMA foreign_keys = ON",
 )
+
+# The scheduler's tables (vouchers.sqlite_jobs): job records, their files (working-dir archive, log tail),
+# the leader lease, fair-share usage, and a change counter a waiting scheduler polls.
+JOB_TABLES: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY,
+        startup_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        idempotency_key TEXT,
+        queued_at REAL NOT NULL,
+        doc BLOB NOT NULL,
+        UNIQUE (startup_id, idempotency_key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS jobs_startup ON jobs(startup_id, queued_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status)",
+    """CREATE TABLE IF NOT EXISTS job_files (
+        job_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (job_id, name)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS scheduler_leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS fair_share (
+        startup_id TEXT PRIMARY KEY,
+        value REAL NOT NULL,
+        as_of REAL NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS queue_estimates (
+        job_id TEXT PRIMARY KEY,
+        position INTEGER NOT NULL,
+        start_at REAL
+    ) WITHOUT ROWID""",
+    "CREATE TABLE IF NOT EXISTS job_changes (id INTEGER PRIMARY KEY CHECK (id = 1), counter INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO job_changes (id, counter) VALUES (1, 0)",
+)
+TABLES = TABLES + JOB_TABLES
