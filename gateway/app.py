@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway import admin, errors, metrics, openai_api
+from gateway import admin, errors, jobs_api, metrics, openai_api
 from gateway.context import Gateway, gateway_of
 from gateway.lookups import Lookups
 from gateway.pool import Pool
@@ -22,7 +22,8 @@ from gateway.settings import GatewaySettings
 from gateway.upstream import open_session
 from vouchers.clock import Clock, SystemClock
 from vouchers.errors import ShuqiError
-from vouchers.factory import open_store
+from vouchers.factory import open_job_store, open_store
+from vouchers.job_rules import parse_weights
 from vouchers.store import Store
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,14 @@ async def _running(app: FastAPI, settings: GatewaySettings, store: Store | None,
         pool = Pool(max_connections=settings.max_connections, connect_timeout_s=settings.upstream_connect_timeout_s,
                     read_timeout_s=settings.upstream_read_timeout_s)
         stack.push_async_callback(pool.close)
+        jobs = await open_job_store(settings.store, data_dir=settings.data_dir, clock=clock,
+                                    namespace=settings.namespace)
+        stack.push_async_callback(jobs.close)
         workers = WorkerTable(store, client, health_timeout_s=settings.health_timeout_s)
         gw = Gateway(settings=settings, store=store, clock=clock, client=client, pool=pool, workers=workers,
                      lookups=Lookups(store, ttl_s=settings.price_cache_s), metrics=metrics.ServiceMetrics(),
-                     admin_token=settings.resolve_admin_token())
+                     admin_token=settings.resolve_admin_token(), jobs=jobs,
+                     gpu_weights=parse_weights(settings.gpu_weights))
         app.state.gateway = gw
         await store.watch(gw.on_event)
         gw.listening = True
@@ -165,6 +170,7 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None, clock: 
     app.hot_paths = openai_api.metered_handlers()
     errors.install(app)
     app.router.routes.extend(openai_api.routes())
+    app.router.routes.extend(jobs_api.routes())
     app.include_router(admin.router())
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_api_route("/metrics", metrics_page, methods=["GET"])

@@ -19,6 +19,7 @@ from gateway.registry import WorkerTable
 from gateway.settings import GatewaySettings
 from vouchers.clock import Clock
 from vouchers.events import LedgerEvent
+from vouchers.factory import ClosableJobStore
 from vouchers.store import Store
 
 
@@ -33,6 +34,8 @@ class Gateway:
     lookups: Lookups
     metrics: ServiceMetrics
     admin_token: str
+    jobs: ClosableJobStore  # job records and what the scheduler publishes (capacity, estimates)
+    gpu_weights: dict[str, int] = field(default_factory=dict)  # milli-weights per GPU type
     leases: Leases = field(init=False)
     keys: KeyBook = field(init=False)
     listening: bool = False  # this gateway's listener hears the store's ledger events (vouchers.events)

@@ -46,6 +46,12 @@ class GatewaySettings(BaseSettings):
     answer_keep_s: float = Field(default=86_400.0, gt=0)
     answer_keep_max_bytes: int = Field(default=1024 * 1024, ge=0)
     answer_keep_budget_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    # GPU jobs: weights per GPU type ("a100=2,t4=0.5"; the default type weighs 1), the longest runtime a job
+    # may ask for, the largest --working-dir archive, and how long a job's hold lives between renewals.
+    gpu_weights: str = ""
+    max_job_runtime_s: int = Field(default=7 * 86_400, ge=1)
+    max_job_archive_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
+    job_hold_ttl_s: float = Field(default=3600.0, gt=0)
 
     def resolve_admin_token(self) -> str:
         """The admin token: the configured one, else the one in the data dir, else a new one written there."""

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vouchers.errors import InvalidRequest
+from vouchers.jobs import Estimate, Job, JobStatus
 from vouchers.models import ApiKey, Balance, JournalLine, KindBalance, Limits, Price, Startup, Voucher
 from vouchers.units import Kind, format_amount
 
@@ -89,3 +90,18 @@ def price(p: Price) -> dict[str, str]:
 
 def limits(lim: Limits) -> dict[str, int | None]:
     return {"rpm": lim.rpm, "tpm": lim.tpm}
+
+
+def job(j: Job, estimate: Estimate | None = None) -> dict[str, Any]:
+    """A job as its owner sees it: raw GPU-seconds charged, and the weighted GPU-hours its vouchers paid."""
+    queued = j.status is JobStatus.QUEUED
+    return {
+        "id": j.id, "object": "job", "name": j.name, "status": j.status.value, "entrypoint": j.entrypoint,
+        "gpus": j.gpus, "gpu_type": j.gpu_type, "max_runtime_s": j.max_runtime_s, "env": dict(j.env),
+        "queued_at": rfc3339(j.queued_at), "started_at": rfc3339(j.started_at), "ended_at": rfc3339(j.ended_at),
+        "reason": j.reason or None, "node": j.node_id, "node_gpu_type": j.started_gpu_type,
+        "charged_gpu_seconds": j.charged_gpu_ms / 1000, "charged_gpu_hours": format_amount(j.charged_ms, Kind.COMPUTE),
+        "held_gpu_hours": format_amount(j.gpus * j.max_runtime_s * j.weight_milli, Kind.COMPUTE),
+        "queue_position": estimate.position if queued and estimate else None,
+        "estimated_start_at": rfc3339(estimate.start_at) if queued and estimate else None,
+    }

@@ -1,0 +1,132 @@
+"""Charging jobs on the ledger: live partial settles while a job runs, one final settle when it ends.
+
+The job's hold is the truth of what was debited (`Hold.settled`): every charge computes the job's
+cumulative weighted GPU time from its start and debits only the difference. A partial settle's
+idempotency key names the amount it starts from (`job:{id}:from:{settled}`), so two schedulers that read
+the same hold (a failover overlap) debit that step once; the final settle has one key per job. So a
+restart or a failover charges each job exactly once for its whole time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from scheduler.fairshare import decayed
+from scheduler.metering import charged_ms
+from vouchers.errors import Conflict, InsufficientQuota, NotFound
+from vouchers.jobs import Job, JobStore, SchedulerState, Usage
+from vouchers.models import ChargeRef, Hold, HoldStatus
+from vouchers.store import Store
+from vouchers.units import Kind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Charged:
+    gpu_ms: int  # raw GPU time charged so far
+    charged_ms: int  # weighted: what the ledger was debited
+
+
+def elapsed_s(job: Job, until: float) -> float:
+    """Seconds of the job's GPU time up to `until`, never past its limit."""
+    if job.started_at is None:
+        return 0.0
+    return max(0.0, min(until - job.started_at, float(job.max_runtime_s)))
+
+
+class Charger:
+    """Debits jobs' GPU time from their holds and keeps the startups' fair-share usage."""
+
+    def __init__(self, ledger: Store, jobs: JobStore, state: SchedulerState, *, half_life_s: float) -> None:
+        self._ledger = ledger
+        self._jobs = jobs
+        self._state = state
+        self._half_life_s = half_life_s
+        self._usage: dict[str, Usage] | None = None
+
+    async def usage(self, now: float) -> dict[str, float]:
+        """Every startup's decayed weighted GPU-seconds now."""
+        if self._usage is None:
+            self._usage = await self._state.usage()
+        return {s: decayed(u.value, u.as_of, now, self._half_life_s) for s, u in self._usage.items()}
+
+    async def meter(self, job: Job, now: float) -> Charged:
+        """Debit what the running job used since its last charge (a partial settle)."""
+        gpu, weighted = charged_ms(job.gpus, elapsed_s(job, now), job.weight_milli)
+        hold = await self._ledger.get_hold(job.hold_id)
+        if hold is None:
+            raise NotFound(f"hold {job.hold_id} of job {job.id} is gone")
+        delta = weighted - hold.settled
+        if delta > 0 and hold.status is not HoldStatus.SETTLED:
+            await self._ledger.settle(hold.id, delta, self._ref(job), final=False,
+                                      idempotency_key=f"job:{job.id}:from:{hold.settled}")
+            await self._add_usage(job.startup_id, delta, now)
+        await self._jobs.note_charge(job.id, gpu_ms=gpu, charged_ms=max(weighted, hold.settled))
+        return Charged(gpu, max(weighted, hold.settled))
+
+    async def finish(self, job: Job, ended_at: float, now: float) -> Charged:
+        """Debit the job's whole time up to `ended_at` and free the rest of its hold (once)."""
+        gpu, weighted = charged_ms(job.gpus, elapsed_s(job, ended_at), job.weight_milli)
+        hold = await self._ledger.get_hold(job.hold_id)
+        if hold is None:
+            raise NotFound(f"hold {job.hold_id} of job {job.id} is gone")
+        if hold.status is not HoldStatus.SETTLED:
+            actual = max(0, weighted - hold.settled)
+            await self._ledger.settle(hold.id, actual, self._ref(job), final=True,
+                                      idempotency_key=f"job:{job.id}:final")
+            if actual:
+                await self._add_usage(job.startup_id, actual, now)
+        await self._jobs.note_charge(job.id, gpu_ms=gpu, charged_ms=weighted)
+        return Charged(gpu, weighted)
+
+    async def release(self, job: Job) -> None:
+        """Free the hold of a job that never ran."""
+        try:
+            await self._ledger.release(job.hold_id)
+        except NotFound:
+            log.warning("hold %s of job %s was already gone", job.hold_id, job.id)
+
+    async def keep_alive(self, job: Job, now: float, ttl_s: float) -> bool:
+        """Renew the job's hold before its TTL passes; False if it had already lapsed."""
+        hold = await self._ledger.get_hold(job.hold_id)
+        if hold is None or hold.status is not HoldStatus.OPEN:
+            return hold is not None and hold.status is HoldStatus.SETTLED
+        if hold.expires_at - now > ttl_s / 2:
+            return True
+        try:
+            await self._ledger.extend(hold.id, ttl_s=ttl_s)
+        except Conflict:
+            return False
+        return True
+
+    async def keep_covered(self, job: Job, need: int, now: float, ttl_s: float) -> bool:
+        """Make sure vouchers in force still cover `need` of the job's hold; top it up from others if a
+        voucher it sat on was voided or expired. False when nothing else covers it."""
+        hold = await self._ledger.get_hold(job.hold_id)
+        if hold is None or hold.status is not HoldStatus.OPEN:
+            return hold is not None and hold.status is HoldStatus.SETTLED
+        covered = await self._covered(hold, now)
+        if covered >= need:
+            return True
+        try:
+            await self._ledger.extend(hold.id, ttl_s=ttl_s, add_amount=need - covered)
+        except (InsufficientQuota, Conflict):
+            return False
+        return True
+
+    async def _covered(self, hold: Hold, now: float) -> int:
+        vouchers = {v.id: v for v in await self._ledger.list_vouchers(hold.startup_id, Kind.COMPUTE)}
+        return sum(amount for vid, amount in hold.allocations if vid in vouchers and vouchers[vid].in_force(now))
+
+    def _ref(self, job: Job) -> ChargeRef:
+        return ChargeRef(reference=f"job:{job.id}", model=None, gpu_type=job.started_gpu_type or job.gpu_type)
+
+    async def _add_usage(self, startup_id: str, weighted_ms: int, now: float) -> None:
+        if self._usage is None:
+            self._usage = await self._state.usage()
+        old = self._usage.get(startup_id, Usage(0.0, now))
+        new = Usage(decayed(old.value, old.as_of, now, self._half_life_s) + weighted_ms / 1000.0, now)
+        self._usage[startup_id] = new
+        await self._state.set_usage(startup_id, new)

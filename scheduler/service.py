@@ -1,0 +1,286 @@
+"""The scheduler service: one loop that leads, meters, ends and starts jobs.
+
+Every pass (at least every `tick_s`, and at once after a submit or a cancel):
+1. take or renew the leader lease; a standby does nothing else;
+2. read the cluster (nodes, shuqi's jobs in Ray) and publish its capacity for the gateway;
+3. for each RUNNING job, `reconcile.judge` decides: keep (charge its time so far), submit again, or end
+   (stop it in Ray if needed, compare-and-set its status, settle its whole time);
+4. stop and settle jobs that were ended elsewhere (a cancel through the gateway);
+5. reject queued jobs whose vouchers were voided or expired with nothing else to cover them;
+6. plan (`policy.plan`: fair share, placement, backfill) and start what fits, each a compare-and-set
+   QUEUED -> RUNNING before the submit to Ray; then publish each queued job's position and estimated start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+
+from scheduler import policy
+from scheduler.charging import Charger
+from scheduler.cluster import Cluster
+from scheduler.config import SchedulerConfig
+from scheduler.reconcile import Action, Seen, Verdict, judge
+from vouchers.clock import Clock
+from vouchers.job_rules import NodeInfo, hold_ms, weight_of
+from vouchers.jobs import Estimate, Job, JobStatus, JobStore, SchedulerState
+from vouchers.store import Store
+
+log = logging.getLogger(__name__)
+
+_ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+_ALL = 10**9
+COVER_LOST = "cover_lost: the compute vouchers behind this job were voided or expired, and no other covers it"
+HOLD_LAPSED = "hold_lapsed: the job's hold expired while no scheduler was running"
+
+
+@dataclass
+class PassReport:
+    """What one pass did (for logs, metrics and tests)."""
+
+    started: list[str] = field(default_factory=list)
+    ended: dict[str, JobStatus] = field(default_factory=dict)
+    rejected: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Scheduler:
+    """Runs until cancelled; see the module docstring."""
+
+    def __init__(self, *, jobs: JobStore, state: SchedulerState, ledger: Store, cluster: Cluster,
+                 config: SchedulerConfig, clock: Clock, instance: str) -> None:
+        self._jobs = jobs
+        self._state = state
+        self._ledger = ledger
+        self._cluster = cluster
+        self._config = config
+        self._clock = clock
+        self.instance = instance
+        self.charger = Charger(ledger, jobs, state, half_life_s=config.half_life_s)
+        self.leading = False
+        self.last_pass: PassReport | None = None
+        self._was_running: set[str] = set()
+        self._cover_checked_at = float("-inf")
+        self.passes = 0
+
+    async def run(self) -> None:
+        """Lead or stand by, pass after pass, until cancelled."""
+        while True:
+            await self.step()
+            if self.leading:
+                await self._state.wait_changed(self._config.tick_s)
+            else:
+                await asyncio.sleep(self._config.tick_s)
+
+    async def step(self) -> PassReport | None:
+        """Renew the lease and, when leading, make one pass; errors are logged, never fatal."""
+        try:
+            leading = await self._state.lead(self.instance, ttl_s=self._config.lease_ttl_s)
+        except Exception:
+            log.exception("scheduler %s could not reach the store for its lease", self.instance)
+            leading = False
+        if leading and not self.leading:
+            log.info("scheduler %s leads", self.instance)
+            self._was_running = set()  # what a previous leader was running is found again in the store
+        self.leading = leading
+        if not leading:
+            return None
+        try:
+            report = await self.pass_once()
+        except Exception:
+            log.exception("scheduler pass failed")
+            return None
+        self.last_pass = report
+        return report
+
+    async def pass_once(self) -> PassReport:
+        began = time.perf_counter()
+        report = PassReport()
+        now = self._clock.now()
+        nodes = await self._cluster.nodes()
+        await self._state.set_capacity(nodes)
+        seen = await self._cluster.jobs()
+        active = await self._jobs.list_jobs(statuses=_ACTIVE, limit=_ALL)
+        running = [j for j in active if j.status is JobStatus.RUNNING]
+        dead = {n.node_id for n in nodes if not n.alive}
+        still: list[Job] = []
+        for job in running:
+            ended = await self._tend(job, seen.get(job.id), dead, now)
+            if ended is None:
+                still.append(job)
+            else:
+                report.ended[job.id] = ended
+        await self._ended_elsewhere({j.id for j in running}, seen, now)
+        self._was_running = {j.id for j in still}
+        queued = [j for j in active if j.status is JobStatus.QUEUED]
+        queued = await self._check_cover(queued, still, now, report)
+        await self._start_and_estimate(queued, still, nodes, seen, now, report)
+        self.passes += 1
+        report.seconds = time.perf_counter() - began
+        return report
+
+    async def _tend(self, job: Job, seen: Seen | None, dead: set[str], now: float) -> JobStatus | None:
+        """Meter a running job, or end it; the status it ended in, if it did."""
+        verdict = judge(job, seen, dead, now, submit_grace_s=self._config.submit_grace_s)
+        if verdict.action is Action.KEEP:
+            await self.charger.keep_alive(job, now, self._config.hold_ttl_s)
+            await self.charger.meter(job, now)
+            await self._copy_logs(job)
+            return None
+        if verdict.action is Action.SUBMIT:
+            await self._submit(job, job.node_id or "", job.started_gpu_type or "")
+            return None
+        return await self._end(job, verdict, now)
+
+    async def _end(self, job: Job, verdict: Verdict, now: float) -> JobStatus | None:
+        if verdict.stop:
+            await self._cluster.stop(job.id)
+        if verdict.status is None or verdict.ended_at is None:
+            raise ValueError(f"an END verdict without a status or an end: {verdict}")
+        moved = await self._jobs.transition(job.id, JobStatus.RUNNING, verdict.status,
+                                            {"ended_at": verdict.ended_at, "reason": verdict.reason})
+        if moved is None:
+            return None  # ended elsewhere meanwhile (a cancel): `_ended_elsewhere` settles it
+        await self.charger.finish(moved, verdict.ended_at, now)
+        await self._copy_logs(moved)
+        log.info("job ended", extra={"job_id": job.id, "startup": job.startup_id, "status": verdict.status.value})
+        return verdict.status
+
+    async def _ended_elsewhere(self, running_ids: set[str], seen: dict[str, Seen], now: float) -> None:
+        """Jobs that left RUNNING without this scheduler (a cancel): stop them in Ray and settle their time."""
+        suspects = set(self._was_running) - running_ids
+        suspects |= {jid for jid, s in seen.items() if s.status in ("PENDING", "RUNNING") and jid not in running_ids}
+        for job_id in suspects:
+            job = await self._jobs.get(job_id)
+            if job is None or not job.status.is_terminal():
+                continue
+            state = seen.get(job_id)
+            if state is not None and state.status in ("PENDING", "RUNNING"):
+                await self._cluster.stop(job_id)
+            if job.started_at is not None:
+                await self.charger.finish(job, job.ended_at if job.ended_at is not None else now, now)
+                await self._copy_logs(job)
+
+    async def _check_cover(self, queued: list[Job], running: list[Job], now: float,
+                           report: PassReport) -> list[Job]:
+        """Reject queued jobs (and stop running ones) whose vouchers no longer cover them."""
+        if now - self._cover_checked_at < self._config.cover_check_s:
+            return queued
+        self._cover_checked_at = now
+        kept: list[Job] = []
+        ttl = self._config.hold_ttl_s
+        for job in queued:
+            need = hold_ms(job.gpus, job.max_runtime_s, job.weight_milli)
+            alive = await self.charger.keep_alive(job, now, ttl)
+            if alive and await self.charger.keep_covered(job, need, now, ttl):
+                kept.append(job)
+                continue
+            if await self._jobs.transition(job.id, JobStatus.QUEUED, JobStatus.REJECTED,
+                                           {"ended_at": now, "reason": COVER_LOST if alive else HOLD_LAPSED}):
+                await self.charger.release(job)
+                report.rejected.append(job.id)
+        for job in running:
+            need = hold_ms(job.gpus, job.max_runtime_s, job.weight_milli) - job.charged_ms
+            if not await self.charger.keep_covered(job, max(0, need), now, ttl):
+                status = await self._end(job, Verdict(Action.END, JobStatus.FAILED, COVER_LOST, ended_at=now,
+                                                      stop=True), now)
+                if status is not None:
+                    report.ended[job.id] = status
+        return kept
+
+    async def _start_and_estimate(self, queued: list[Job], running: list[Job], nodes: list[NodeInfo],
+                                  seen: dict[str, Seen], now: float, report: PassReport) -> None:
+        caps = await self._caps({j.startup_id for j in queued})
+        pending = [_pending(j) for j in queued]
+        reservations = [_reservation(j, seen.get(j.id)) for j in running]
+        cluster = [policy.Node(n.node_id, n.gpu_type, n.gpus, n.alive) for n in nodes]
+        usage = await self.charger.usage(now)
+        plan = policy.plan(pending, reservations, cluster, usage, now, max_gpus=caps)
+        by_id = {j.id: j for j in queued}
+        gpu_type = {n.node_id: n.gpu_type for n in nodes}
+        for start in plan.starts:
+            job = by_id[start.job_id]
+            started = await self._start(job, start.node_id, gpu_type[start.node_id], now)
+            if started is not None:
+                report.started.append(job.id)
+                reservations.append(_reservation(started, None))
+        left = [p for p in pending if p.id not in set(report.started)]
+        estimates = policy.estimate(left, reservations, cluster, usage, now, max_gpus=caps,
+                                    limit=self._config.estimate_limit)
+        await self._state.set_estimates({jid: Estimate(e.position, e.start_at) for jid, e in estimates.items()})
+
+    async def _caps(self, startups: set[str]) -> dict[str, int | None]:
+        caps: dict[str, int | None] = {}
+        for startup in startups:
+            limits = await self._ledger.get_limits(startup)
+            caps[startup] = getattr(limits, "max_gpus", None)
+        return caps
+
+    async def _start(self, job: Job, node_id: str, gpu_type: str, now: float) -> Job | None:
+        weight = weight_of(gpu_type, self._config.gpu_weights)
+        started = await self._jobs.transition(job.id, JobStatus.QUEUED, JobStatus.RUNNING, {
+            "started_at": now, "node_id": node_id, "started_gpu_type": gpu_type,
+            "weight_milli": min(weight, job.weight_milli)})
+        if started is None:
+            return None  # cancelled meanwhile
+        if not await self._submit(started, node_id, gpu_type):
+            return None
+        log.info("job started", extra={"job_id": job.id, "startup": job.startup_id, "node": node_id})
+        return started
+
+    async def _submit(self, job: Job, node_id: str, gpu_type: str) -> bool:
+        """Hand the job to the cluster; a refusal ends it FAILED, charged nothing."""
+        workdir = await self._unpack(job)
+        try:
+            await self._cluster.submit(job, node_id=node_id, gpu_type=gpu_type, working_dir=workdir)
+        except Exception as exc:
+            log.warning("job %s could not be submitted: %s", job.id, exc)
+            started = job.started_at if job.started_at is not None else self._clock.now()
+            await self._end(job, Verdict(Action.END, JobStatus.FAILED, f"could not start: {exc}"[:500],
+                                         ended_at=started), self._clock.now())
+            return False
+        finally:
+            if workdir is not None:
+                shutil.rmtree(workdir.parent, ignore_errors=True)
+        return True
+
+    async def _unpack(self, job: Job) -> Path | None:
+        if not job.has_archive:
+            return None
+        data = await self._jobs.archive(job.id)
+        if data is None:
+            return None
+        root = Path(tempfile.mkdtemp(prefix=f"shuqi-{job.id}-"))
+        target = root / "work"
+        with zipfile.ZipFile(BytesIO(data)) as archive:
+            archive.extractall(target)  # archives are built by shuqi's client; names are checked at submit
+        return target
+
+    async def _copy_logs(self, job: Job) -> None:
+        try:
+            text = await self._cluster.logs(job.id)
+        except Exception as exc:
+            log.debug("logs of job %s not read: %s", job.id, exc)
+            return
+        limit = self._config.log_tail_bytes
+        if len(text) > limit:
+            text = text[-limit:]
+        await self._jobs.set_logs(job.id, text)
+
+
+def _pending(job: Job) -> policy.Pending:
+    return policy.Pending(id=job.id, startup=job.startup_id, gpus=job.gpus, gpu_type=job.gpu_type,
+                          max_runtime_s=float(job.max_runtime_s), submitted_at=job.queued_at, priority=job.priority)
+
+
+def _reservation(job: Job, seen: Seen | None) -> policy.Reservation:
+    started = job.started_at if job.started_at is not None else 0.0
+    return policy.Reservation(id=job.id, startup=job.startup_id, node_id=(seen.node_id if seen else None) or
+                              job.node_id or "", gpus=job.gpus, ends_at=started + job.max_runtime_s)
