@@ -9,12 +9,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import orjson
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway import admin, errors, jobs_api, metrics, openai_api
 from gateway.context import Gateway, gateway_of
+from gateway.job_metrics import job_families
 from gateway.lookups import Lookups
 from gateway.pool import Pool
 from gateway.registry import WorkerTable
@@ -24,6 +26,7 @@ from vouchers.clock import Clock, SystemClock
 from vouchers.errors import ShuqiError
 from vouchers.factory import open_job_store, open_store
 from vouchers.job_rules import parse_weights
+from vouchers.jobs import JobStatus
 from vouchers.store import Store
 
 log = logging.getLogger(__name__)
@@ -122,6 +125,12 @@ async def metrics_page(request: Request) -> Response:
     gw = gateway_of(request)
     await gw.settled()
     text = await metrics.render(gw.store, gw.metrics, gw.workers.counts(), gw.clock.now())
+    active = await gw.jobs.list_jobs(statuses=(JobStatus.QUEUED, JobStatus.RUNNING), limit=10**9)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics.Snapshot(job_families(active, await gw.jobs.capacity(), gw.clock.now())))
+    text += bytes(generate_latest(registry))
+    for extra in gw.extra_metrics:
+        text += bytes(generate_latest(extra))
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 
 from gateway.auth import KeyBook
@@ -36,6 +37,8 @@ class Gateway:
     admin_token: str
     jobs: ClosableJobStore  # job records and what the scheduler publishes (capacity, estimates)
     gpu_weights: dict[str, int] = field(default_factory=dict)  # milli-weights per GPU type
+    # Registries of parts served in this process (the scheduler under `shuqi up`), appended to /metrics.
+    extra_metrics: list[CollectorRegistry] = field(default_factory=list)
     leases: Leases = field(init=False)
     keys: KeyBook = field(init=False)
     listening: bool = False  # this gateway's listener hears the store's ledger events (vouchers.events)

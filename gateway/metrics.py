@@ -50,7 +50,7 @@ class ServiceMetrics:
         timed[1].observe(overhead_s)
 
 
-class _Snapshot:
+class Snapshot:
     """A collector over families already built from one read of the store."""
 
     def __init__(self, families: list[Metric]) -> None:
@@ -99,5 +99,5 @@ async def render(store: Store, service: ServiceMetrics, workers: dict[tuple[str,
     startups, totals = await asyncio.gather(store.list_startups(), store.usage_totals())
     balances = await asyncio.gather(*(store.balance(s.id) for s in startups))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot([*_ledger_families(balances, totals, now), _worker_family(workers)]))
+    registry.register(Snapshot([*_ledger_families(balances, totals, now), _worker_family(workers)]))
     return bytes(generate_latest(registry)) + bytes(generate_latest(service.registry))
