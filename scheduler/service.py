@@ -27,6 +27,7 @@ from scheduler import policy
 from scheduler.charging import Charger
 from scheduler.cluster import Cluster
 from scheduler.config import SchedulerConfig
+from scheduler.metrics import SchedulerMetrics
 from scheduler.reconcile import Action, Seen, Verdict, judge
 from vouchers.clock import Clock
 from vouchers.job_rules import NodeInfo, hold_ms, weight_of
@@ -55,7 +56,8 @@ class Scheduler:
     """Runs until cancelled; see the module docstring."""
 
     def __init__(self, *, jobs: JobStore, state: SchedulerState, ledger: Store, cluster: Cluster,
-                 config: SchedulerConfig, clock: Clock, instance: str) -> None:
+                 config: SchedulerConfig, clock: Clock, instance: str,
+                 metrics: SchedulerMetrics | None = None) -> None:
         self._jobs = jobs
         self._state = state
         self._ledger = ledger
@@ -63,6 +65,7 @@ class Scheduler:
         self._config = config
         self._clock = clock
         self.instance = instance
+        self.metrics = metrics or SchedulerMetrics(instance)
         self.charger = Charger(ledger, jobs, state, half_life_s=config.half_life_s)
         self.leading = False
         self.last_pass: PassReport | None = None
@@ -90,6 +93,7 @@ class Scheduler:
             log.info("scheduler %s leads", self.instance)
             self._was_running = set()  # what a previous leader was running is found again in the store
         self.leading = leading
+        self.metrics.leader.set(1 if leading else 0)
         if not leading:
             return None
         try:
@@ -98,6 +102,7 @@ class Scheduler:
             log.exception("scheduler pass failed")
             return None
         self.last_pass = report
+        self.metrics.pass_seconds.observe(report.seconds)
         return report
 
     async def pass_once(self) -> PassReport:
@@ -232,6 +237,7 @@ class Scheduler:
             return None  # cancelled meanwhile
         if not await self._submit(started, node_id, gpu_type):
             return None
+        self.metrics.queue_wait.observe(max(0.0, now - job.queued_at))
         log.info("job started", extra={"job_id": job.id, "startup": job.startup_id, "node": node_id})
         return started
 

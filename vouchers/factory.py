@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Protocol
 
 from vouchers.clock import Clock, SystemClock
+from vouchers.deployments import DeploymentStore
 from vouchers.jobs import JobStore, SchedulerState
 from vouchers.store import Store
 
@@ -28,7 +29,7 @@ async def open_store(url: str, *, data_dir: Path, clock: Clock | None = None, na
     return await SqliteStore.open(path, clock=clock)
 
 
-class ClosableJobStore(JobStore, SchedulerState, Protocol):
+class ClosableJobStore(JobStore, SchedulerState, DeploymentStore, Protocol):
     async def close(self) -> None: ...
 
 

@@ -12,8 +12,11 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
 from vouchers.clock import Clock
+from vouchers.deployments import Deployment, DeploymentState, decode_deployment, encode_deployment
+from vouchers.errors import Conflict
 from vouchers.job_rules import NodeInfo
 from vouchers.jobs import (
     Estimate,
@@ -195,6 +198,41 @@ class RedisJobs:
                 position, start_at = packed.decode().split("|")
                 out[job_id] = Estimate(int(position), float(start_at) if start_at else None)
         return out
+
+    async def create_deployment(self, deployment: Deployment) -> Deployment:
+        if not await self._r.hsetnx(self._keys.deployments(), deployment.id, encode_deployment(deployment)):
+            raise Conflict(f"deployment {deployment.id} exists")
+        return deployment
+
+    async def get_deployment(self, deployment_id: str) -> Deployment | None:
+        raw = await self._r.hget(self._keys.deployments(), deployment_id)
+        return None if raw is None else decode_deployment(raw)
+
+    async def list_deployments(self, *, include_final: bool = True) -> list[Deployment]:
+        found = [decode_deployment(raw) for raw in (await self._r.hgetall(self._keys.deployments())).values()]
+        found = [d for d in found if include_final or not d.state.is_final()]
+        return sorted(found, key=lambda d: (d.created_at, d.id))
+
+    async def update_deployment(self, deployment_id: str, expect: DeploymentState,
+                                changes: Mapping[str, object]) -> Deployment | None:
+        key = self._keys.deployments()
+        async with self._r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.hget(key, deployment_id)
+                    current = None if raw is None else decode_deployment(raw)
+                    if current is None or current.state is not expect or current.state.is_final():
+                        await pipe.unwatch()
+                        return None
+                    new = current.with_changes(changes)
+                    pipe.multi()
+                    pipe.hset(key, deployment_id, encode_deployment(new))
+                    await pipe.execute()
+                except WatchError:
+                    continue
+                await self.touch()
+                return new
 
 
 def _decode(fields: Mapping[bytes, bytes], *, replayed: bool = False) -> Job:

@@ -212,6 +212,7 @@ class JobKeys:
         {ns}:scheduler:wake            list   pushed on a submit or cancel; a waiting scheduler pops it
         {ns}:scheduler:capacity        string JSON of the cluster's nodes as the scheduler last saw them
         {ns}:scheduler:estimates       hash   queued job id -> "position|start_at"
+        {ns}:deployments               hash   deployment id -> JSON record
     """
 
     ns: str = "shuqi"
@@ -254,3 +255,6 @@ class JobKeys:
 
     def estimates(self) -> str:
         return f"{self.ns}:scheduler:estimates"
+
+    def deployments(self) -> str:
+        return f"{self.ns}:deployments"

@@ -182,3 +182,13 @@ JOB_TABLES: tuple[str, ...] = (
     "INSERT OR IGNORE INTO job_changes (id, counter) VALUES (1, 0)",
 )
 TABLES = TABLES + JOB_TABLES
+
+DEPLOYMENT_TABLES: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS deployments (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        doc BLOB NOT NULL
+    ) WITHOUT ROWID""",
+)
+TABLES = TABLES + DEPLOYMENT_TABLES

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Collection, Mapping, Sequence
 
 from vouchers.clock import Clock
+from vouchers.deployments import Deployment, DeploymentState, decode_deployment, encode_deployment
 from vouchers.job_rules import NodeInfo
 from vouchers.jobs import (
     Estimate,
@@ -237,6 +238,49 @@ class SqliteJobs:
             return out
 
         return await self._run(op, write=False)
+
+    async def create_deployment(self, deployment: Deployment) -> Deployment:
+        def op(conn: sqlite3.Connection) -> Deployment:
+            conn.execute("INSERT INTO deployments (id, state, created_at, doc) VALUES (?, ?, ?, ?)",
+                         (deployment.id, deployment.state.value, deployment.created_at, encode_deployment(deployment)))
+            return deployment
+
+        return await self._run(op, write=True)
+
+    async def get_deployment(self, deployment_id: str) -> Deployment | None:
+        def op(conn: sqlite3.Connection) -> Deployment | None:
+            row = conn.execute("SELECT doc FROM deployments WHERE id = ?", (deployment_id,)).fetchone()
+            return None if row is None else decode_deployment(row[0])
+
+        return await self._run(op, write=False)
+
+    async def list_deployments(self, *, include_final: bool = True) -> list[Deployment]:
+        sql = "SELECT doc FROM deployments"
+        if not include_final:
+            sql += " WHERE state NOT IN ('STOPPED', 'FAILED')"
+        sql += " ORDER BY created_at, id"
+
+        def op(conn: sqlite3.Connection) -> list[Deployment]:
+            return [decode_deployment(row[0]) for row in conn.execute(sql)]
+
+        return await self._run(op, write=False)
+
+    async def update_deployment(self, deployment_id: str, expect: DeploymentState,
+                                changes: Mapping[str, object]) -> Deployment | None:
+        def op(conn: sqlite3.Connection) -> Deployment | None:
+            row = conn.execute("SELECT doc FROM deployments WHERE id = ?", (deployment_id,)).fetchone()
+            if row is None:
+                return None
+            current = decode_deployment(row[0])
+            if current.state is not expect or current.state.is_final():
+                return None
+            new = current.with_changes(changes)
+            conn.execute("UPDATE deployments SET state = ?, doc = ? WHERE id = ?",
+                         (new.state.value, encode_deployment(new), deployment_id))
+            _bump(conn)
+            return new
+
+        return await self._run(op, write=True)
 
 
 def _decode(row: tuple[str, bytes], *, replayed: bool = False) -> Job:

@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import _drop_namespace, store_url
 from vouchers.clock import ManualClock
 from vouchers.errors import Conflict
-from vouchers.factory import ClosableJobStore, open_job_store
+from vouchers.factory import ClosableJobStore
 from vouchers.jobs import Job, JobStatus, QueueFull, Usage
-
-
-@pytest.fixture
-async def jobs(backend: str, tmp_path: Path, clock: ManualClock, namespace: str) -> AsyncIterator[ClosableJobStore]:
-    s = await open_job_store(store_url(backend, tmp_path), data_dir=tmp_path, clock=clock, namespace=namespace)
-    try:
-        yield s
-    finally:
-        await s.close()
-        if backend == "redis":
-            await _drop_namespace(namespace)
 
 
 def _job(startup: str = "acme", *, key: str | None = None, at: float = 1000.0, **kw: object) -> Job:

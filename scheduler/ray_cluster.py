@@ -1,0 +1,47 @@
+"""`scheduler.cluster.Cluster` on Ray: jobs through the Job Submission API (`scheduler.ray_jobs.RayJobs`).
+
+A job runs as a Ray job whose submission id is the shuqi job id (so a second submit never starts a
+second run), with its GPUs reserved for the entrypoint, pinned to the node the policy chose, on a node of
+its GPU type, and tagged with metadata so the scheduler knows its own jobs from others on the cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scheduler.ray_jobs import RayJobs
+from scheduler.reconcile import Seen
+from vouchers.job_rules import NodeInfo
+from vouchers.jobs import Job
+
+_TAG = "shuqi_job"
+
+
+class RayCluster:
+    """The scheduler's view of one Ray cluster."""
+
+    def __init__(self, ray: RayJobs) -> None:
+        self._ray = ray
+
+    async def nodes(self) -> list[NodeInfo]:
+        return [NodeInfo(n.node_id, n.gpu_type, int(n.gpus), n.alive) for n in await self._ray.nodes() if n.gpus > 0]
+
+    async def jobs(self) -> dict[str, Seen]:
+        seen: dict[str, Seen] = {}
+        for job in await self._ray.list():
+            if job.metadata.get(_TAG) != "1":
+                continue
+            seen[job.submission_id] = Seen(status=job.status, message=job.message or "", end_time=job.end_time,
+                                           node_id=job.driver_node_id)
+        return seen
+
+    async def submit(self, job: Job, *, node_id: str, gpu_type: str, working_dir: Path | None) -> None:
+        await self._ray.submit(submission_id=job.id, entrypoint=job.entrypoint, gpus=job.gpus, gpu_type=gpu_type,
+                               node_id=node_id or None, env=dict(job.env), working_dir=working_dir,
+                               metadata={_TAG: "1", "startup": job.startup_id, "name": job.name})
+
+    async def stop(self, job_id: str) -> None:
+        await self._ray.stop(job_id)
+
+    async def logs(self, job_id: str) -> str:
+        return await self._ray.logs(job_id)
