@@ -29,11 +29,31 @@ class Charged:
     charged_ms: int  # weighted: what the ledger was debited
 
 
-def elapsed_s(job: Job, until: float) -> float:
-    """Seconds of the job's GPU time up to `until`, never past its limit."""
-    if job.started_at is None:
+@dataclass(frozen=True)
+class Metered:
+    """What is charged: a job, or a private deployment's replicas (no limit but its vouchers)."""
+
+    key: str  # "job:{id}" or "deployment:{id}": the journal reference and the root of idempotency keys
+    startup_id: str
+    gpus: int
+    started_at: float | None
+    max_runtime_s: float
+    weight_milli: int
+    hold_id: str
+    gpu_type: str | None
+
+
+def of_job(job: Job) -> Metered:
+    return Metered(key=f"job:{job.id}", startup_id=job.startup_id, gpus=job.gpus, started_at=job.started_at,
+                   max_runtime_s=float(job.max_runtime_s), weight_milli=job.weight_milli, hold_id=job.hold_id,
+                   gpu_type=job.started_gpu_type or job.gpu_type)
+
+
+def elapsed_s(m: Metered, until: float) -> float:
+    """Seconds of GPU time up to `until`, never past the limit."""
+    if m.started_at is None:
         return 0.0
-    return max(0.0, min(until - job.started_at, float(job.max_runtime_s)))
+    return max(0.0, min(until - m.started_at, m.max_runtime_s))
 
 
 class Charger:
@@ -52,34 +72,43 @@ class Charger:
             self._usage = await self._state.usage()
         return {s: decayed(u.value, u.as_of, now, self._half_life_s) for s, u in self._usage.items()}
 
-    async def meter(self, job: Job, now: float) -> Charged:
-        """Debit what the running job used since its last charge (a partial settle)."""
-        gpu, weighted = charged_ms(job.gpus, elapsed_s(job, now), job.weight_milli)
-        hold = await self._ledger.get_hold(job.hold_id)
-        if hold is None:
-            raise NotFound(f"hold {job.hold_id} of job {job.id} is gone")
-        delta = weighted - hold.settled
-        if delta > 0 and hold.status is not HoldStatus.SETTLED:
-            await self._ledger.settle(hold.id, delta, self._ref(job), final=False,
-                                      idempotency_key=f"job:{job.id}:from:{hold.settled}")
-            await self._add_usage(job.startup_id, delta, now)
-        await self._jobs.note_charge(job.id, gpu_ms=gpu, charged_ms=max(weighted, hold.settled))
+    async def meter(self, m: Metered, now: float) -> Charged:
+        """Debit what ran since the last charge (a partial settle), at most what the hold still holds."""
+        gpu, weighted = charged_ms(m.gpus, elapsed_s(m, now), m.weight_milli)
+        hold = await self._hold(m)
+        delta = min(weighted - hold.settled, hold.amount - hold.settled)
+        if delta > 0 and hold.status is HoldStatus.OPEN:
+            await self._ledger.settle(hold.id, delta, self._ref(m), final=False,
+                                      idempotency_key=f"{m.key}:from:{hold.settled}")
+            await self._add_usage(m.startup_id, delta, now)
         return Charged(gpu, max(weighted, hold.settled))
 
-    async def finish(self, job: Job, ended_at: float, now: float) -> Charged:
-        """Debit the job's whole time up to `ended_at` and free the rest of its hold (once)."""
-        gpu, weighted = charged_ms(job.gpus, elapsed_s(job, ended_at), job.weight_milli)
-        hold = await self._ledger.get_hold(job.hold_id)
-        if hold is None:
-            raise NotFound(f"hold {job.hold_id} of job {job.id} is gone")
+    async def finish(self, m: Metered, ended_at: float, now: float) -> Charged:
+        """Debit the whole time up to `ended_at` and free the rest of the hold (once)."""
+        gpu, weighted = charged_ms(m.gpus, elapsed_s(m, ended_at), m.weight_milli)
+        hold = await self._hold(m)
         if hold.status is not HoldStatus.SETTLED:
             actual = max(0, weighted - hold.settled)
-            await self._ledger.settle(hold.id, actual, self._ref(job), final=True,
-                                      idempotency_key=f"job:{job.id}:final")
+            await self._ledger.settle(hold.id, actual, self._ref(m), final=True, idempotency_key=f"{m.key}:final")
             if actual:
-                await self._add_usage(job.startup_id, actual, now)
-        await self._jobs.note_charge(job.id, gpu_ms=gpu, charged_ms=weighted)
+                await self._add_usage(m.startup_id, actual, now)
         return Charged(gpu, weighted)
+
+    async def meter_job(self, job: Job, now: float) -> Charged:
+        charged = await self.meter(of_job(job), now)
+        await self._jobs.note_charge(job.id, gpu_ms=charged.gpu_ms, charged_ms=charged.charged_ms)
+        return charged
+
+    async def finish_job(self, job: Job, ended_at: float, now: float) -> Charged:
+        charged = await self.finish(of_job(job), ended_at, now)
+        await self._jobs.note_charge(job.id, gpu_ms=charged.gpu_ms, charged_ms=charged.charged_ms)
+        return charged
+
+    async def _hold(self, m: Metered) -> Hold:
+        hold = await self._ledger.get_hold(m.hold_id)
+        if hold is None:
+            raise NotFound(f"hold {m.hold_id} of {m.key} is gone")
+        return hold
 
     async def release(self, job: Job) -> None:
         """Free the hold of a job that never ran."""
@@ -120,8 +149,8 @@ class Charger:
         vouchers = {v.id: v for v in await self._ledger.list_vouchers(hold.startup_id, Kind.COMPUTE)}
         return sum(amount for vid, amount in hold.allocations if vid in vouchers and vouchers[vid].in_force(now))
 
-    def _ref(self, job: Job) -> ChargeRef:
-        return ChargeRef(reference=f"job:{job.id}", model=None, gpu_type=job.started_gpu_type or job.gpu_type)
+    def _ref(self, m: Metered) -> ChargeRef:
+        return ChargeRef(reference=m.key, model=None, gpu_type=m.gpu_type)
 
     async def _add_usage(self, startup_id: str, weighted_ms: int, now: float) -> None:
         if self._usage is None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
 from scheduler.reconcile import Seen
 from vouchers.job_rules import NodeInfo
-from vouchers.jobs import Job
 
 
 class Cluster(Protocol):
@@ -16,11 +16,12 @@ class Cluster(Protocol):
         ...
 
     async def jobs(self) -> dict[str, Seen]:
-        """shuqi's jobs the cluster knows, by job id (Ray's submission id)."""
+        """What shuqi runs on the cluster (jobs, deployment replicas), by submission id."""
         ...
 
-    async def submit(self, job: Job, *, node_id: str, gpu_type: str, working_dir: Path | None) -> None:
-        """Run the job on that node with its GPUs; submitting the same job again starts nothing new."""
+    async def submit(self, *, submission_id: str, entrypoint: str, gpus: int, gpu_type: str, node_id: str,
+                     env: Mapping[str, str], working_dir: Path | None, tags: Mapping[str, str]) -> None:
+        """Run a command on that node with its GPUs; submitting the same id again starts nothing new."""
         ...
 
     async def stop(self, job_id: str) -> None: ...

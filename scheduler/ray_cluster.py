@@ -7,12 +7,12 @@ its GPU type, and tagged with metadata so the scheduler knows its own jobs from 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from scheduler.ray_jobs import RayJobs
 from scheduler.reconcile import Seen
 from vouchers.job_rules import NodeInfo
-from vouchers.jobs import Job
 
 _TAG = "shuqi_job"
 
@@ -35,10 +35,11 @@ class RayCluster:
                                            node_id=job.driver_node_id)
         return seen
 
-    async def submit(self, job: Job, *, node_id: str, gpu_type: str, working_dir: Path | None) -> None:
-        await self._ray.submit(submission_id=job.id, entrypoint=job.entrypoint, gpus=job.gpus, gpu_type=gpu_type,
-                               node_id=node_id or None, env=dict(job.env), working_dir=working_dir,
-                               metadata={_TAG: "1", "startup": job.startup_id, "name": job.name})
+    async def submit(self, *, submission_id: str, entrypoint: str, gpus: int, gpu_type: str, node_id: str,
+                     env: Mapping[str, str], working_dir: Path | None, tags: Mapping[str, str]) -> None:
+        await self._ray.submit(submission_id=submission_id, entrypoint=entrypoint, gpus=gpus, gpu_type=gpu_type,
+                               node_id=node_id or None, env=dict(env), working_dir=working_dir,
+                               metadata={**tags, _TAG: "1"})
 
     async def stop(self, job_id: str) -> None:
         await self._ray.stop(job_id)

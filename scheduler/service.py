@@ -27,9 +27,11 @@ from scheduler import policy
 from scheduler.charging import Charger
 from scheduler.cluster import Cluster
 from scheduler.config import SchedulerConfig
+from scheduler.deployments import Deployer, WorkerLaunch
 from scheduler.metrics import SchedulerMetrics
 from scheduler.reconcile import Action, Seen, Verdict, judge
 from vouchers.clock import Clock
+from vouchers.deployments import DeploymentStore
 from vouchers.job_rules import NodeInfo, hold_ms, weight_of
 from vouchers.jobs import Estimate, Job, JobStatus, JobStore, SchedulerState
 from vouchers.store import Store
@@ -57,7 +59,8 @@ class Scheduler:
 
     def __init__(self, *, jobs: JobStore, state: SchedulerState, ledger: Store, cluster: Cluster,
                  config: SchedulerConfig, clock: Clock, instance: str,
-                 metrics: SchedulerMetrics | None = None) -> None:
+                 metrics: SchedulerMetrics | None = None, deployments: DeploymentStore | None = None,
+                 launch: WorkerLaunch | None = None) -> None:
         self._jobs = jobs
         self._state = state
         self._ledger = ledger
@@ -67,6 +70,9 @@ class Scheduler:
         self.instance = instance
         self.metrics = metrics or SchedulerMetrics(instance)
         self.charger = Charger(ledger, jobs, state, half_life_s=config.half_life_s)
+        self.deployer = None if deployments is None else Deployer(
+            store=deployments, ledger=ledger, cluster=cluster, charger=self.charger, weights=config.gpu_weights,
+            launch=launch or WorkerLaunch(), clock=clock)
         self.leading = False
         self.last_pass: PassReport | None = None
         self._was_running: set[str] = set()
@@ -136,7 +142,7 @@ class Scheduler:
         verdict = judge(job, seen, dead, now, submit_grace_s=self._config.submit_grace_s)
         if verdict.action is Action.KEEP:
             await self.charger.keep_alive(job, now, self._config.hold_ttl_s)
-            await self.charger.meter(job, now)
+            await self.charger.meter_job(job, now)
             await self._copy_logs(job)
             return None
         if verdict.action is Action.SUBMIT:
@@ -153,7 +159,7 @@ class Scheduler:
                                             {"ended_at": verdict.ended_at, "reason": verdict.reason})
         if moved is None:
             return None  # ended elsewhere meanwhile (a cancel): `_ended_elsewhere` settles it
-        await self.charger.finish(moved, verdict.ended_at, now)
+        await self.charger.finish_job(moved, verdict.ended_at, now)
         await self._copy_logs(moved)
         log.info("job ended", extra={"job_id": job.id, "startup": job.startup_id, "status": verdict.status.value})
         return verdict.status
@@ -161,7 +167,8 @@ class Scheduler:
     async def _ended_elsewhere(self, running_ids: set[str], seen: dict[str, Seen], now: float) -> None:
         """Jobs that left RUNNING without this scheduler (a cancel): stop them in Ray and settle their time."""
         suspects = set(self._was_running) - running_ids
-        suspects |= {jid for jid, s in seen.items() if s.status in ("PENDING", "RUNNING") and jid not in running_ids}
+        suspects |= {jid for jid, s in seen.items()
+                     if jid.startswith("job-") and s.status in ("PENDING", "RUNNING") and jid not in running_ids}
         for job_id in suspects:
             job = await self._jobs.get(job_id)
             if job is None or not job.status.is_terminal():
@@ -170,7 +177,7 @@ class Scheduler:
             if state is not None and state.status in ("PENDING", "RUNNING"):
                 await self._cluster.stop(job_id)
             if job.started_at is not None:
-                await self.charger.finish(job, job.ended_at if job.ended_at is not None else now, now)
+                await self.charger.finish_job(job, job.ended_at if job.ended_at is not None else now, now)
                 await self._copy_logs(job)
 
     async def _check_cover(self, queued: list[Job], running: list[Job], now: float,
@@ -206,6 +213,8 @@ class Scheduler:
         pending = [_pending(j) for j in queued]
         reservations = [_reservation(j, seen.get(j.id)) for j in running]
         cluster = [policy.Node(n.node_id, n.gpu_type, n.gpus, n.alive) for n in nodes]
+        if self.deployer is not None:
+            reservations += await self.deployer.tend(seen, cluster, reservations, now)
         usage = await self.charger.usage(now)
         plan = policy.plan(pending, reservations, cluster, usage, now, max_gpus=caps)
         by_id = {j.id: j for j in queued}
@@ -245,7 +254,9 @@ class Scheduler:
         """Hand the job to the cluster; a refusal ends it FAILED, charged nothing."""
         workdir = await self._unpack(job)
         try:
-            await self._cluster.submit(job, node_id=node_id, gpu_type=gpu_type, working_dir=workdir)
+            await self._cluster.submit(submission_id=job.id, entrypoint=job.entrypoint, gpus=job.gpus,
+                                       gpu_type=gpu_type, node_id=node_id, env=job.env, working_dir=workdir,
+                                       tags={"startup": job.startup_id, "name": job.name})
         except Exception as exc:
             log.warning("job %s could not be submitted: %s", job.id, exc)
             started = job.started_at if job.started_at is not None else self._clock.now()
