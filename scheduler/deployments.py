@@ -23,7 +23,7 @@ from pathlib import Path
 
 from scheduler.backfill import Capacity
 from scheduler.charging import Charger, Metered
-from scheduler.cluster import Cluster
+from scheduler.executor import Executor
 from scheduler.reconcile import Seen
 from scheduler.records import Node, Pending, Reservation
 from vouchers.clock import Clock
@@ -88,7 +88,7 @@ def place(d: Deployment, nodes: list[Node], running: list[Reservation]) -> tuple
 class Deployer:
     """Starts, meters and stops deployments, once per scheduler pass."""
 
-    def __init__(self, *, store: DeploymentStore, ledger: Store, cluster: Cluster, charger: Charger,
+    def __init__(self, *, store: DeploymentStore, ledger: Store, cluster: Executor, charger: Charger,
                  weights: Mapping[str, int], launch: WorkerLaunch, clock: Clock) -> None:
         self._store = store
         self._ledger = ledger

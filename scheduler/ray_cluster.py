@@ -1,4 +1,4 @@
-"""`scheduler.cluster.Cluster` on Ray: jobs through the Job Submission API (`scheduler.ray_jobs.RayJobs`).
+"""`scheduler.executor.Executor` on Ray: jobs through the Job Submission API (`scheduler.ray_jobs.RayJobs`).
 
 A job runs as a Ray job whose submission id is the shuqi job id (so a second submit never starts a
 second run), with its GPUs reserved for the entrypoint, pinned to the node the policy chose, on a node of

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from scheduler import policy
 from scheduler.charging import Charger
-from scheduler.cluster import Cluster
+from scheduler.executor import Executor
 from scheduler.config import SchedulerConfig
 from scheduler.deployments import Deployer, WorkerLaunch
 from scheduler.metrics import SchedulerMetrics
@@ -57,7 +57,7 @@ class PassReport:
 class Scheduler:
     """Runs until cancelled; see the module docstring."""
 
-    def __init__(self, *, jobs: JobStore, state: SchedulerState, ledger: Store, cluster: Cluster,
+    def __init__(self, *, jobs: JobStore, state: SchedulerState, ledger: Store, cluster: Executor,
                  config: SchedulerConfig, clock: Clock, instance: str,
                  metrics: SchedulerMetrics | None = None, deployments: DeploymentStore | None = None,
                  launch: WorkerLaunch | None = None) -> None:

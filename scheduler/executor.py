@@ -1,4 +1,4 @@
-"""What the scheduler needs of the cluster that runs jobs (Ray, through `scheduler.ray_cluster.RayCluster`)."""
+"""What the scheduler needs of the cluster that runs its jobs and replicas (Ray: `scheduler.ray_cluster.RayCluster`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from scheduler.reconcile import Seen
 from vouchers.job_rules import NodeInfo
 
 
-class Cluster(Protocol):
+class Executor(Protocol):
     async def nodes(self) -> list[NodeInfo]:
         """Every node with GPUs, alive or not, with its GPU type."""
         ...
