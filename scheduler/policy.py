@@ -4,7 +4,9 @@
 `now`; it reads no clock and touches no store. The order is fair share between startups (see
 `scheduler.fairshare`), then priority, then submit time, then id. A startup whose next job would take
 it past its `max_gpus` (running plus started in this pass) sits the rest of the pass out: its jobs
-neither start nor become the head, so a capped startup cannot hold a reservation it may not use.
+neither start nor become the head, so a capped startup cannot hold a reservation it may not use. A job
+that exceeds the cap even with none of its startup's jobs running (only its private deployments) is
+passed over instead, so that it does not stop its startup's other jobs for good.
 Placement and backfill are in `scheduler.backfill`.
 
 The walk stops once no GPU is free anywhere and the head is known, or after `backfill_depth` jobs that
@@ -64,6 +66,7 @@ class _Pass:
     capacity: Capacity
     turns: Turns
     in_use: dict[str, int]
+    endless: dict[str, int]
     now: float
     max_gpus: Mapping[str, int | None]
     weights: Mapping[str, float]
@@ -75,6 +78,11 @@ class _Pass:
     def over_cap(self, job: Pending) -> bool:
         cap = self.max_gpus.get(job.startup)
         return cap is not None and self.in_use.get(job.startup, 0) + job.gpus > cap
+
+    def never_under_cap(self, job: Pending) -> bool:
+        """Whether the job exceeds its startup's cap even once every job of the startup has ended."""
+        cap = self.max_gpus.get(job.startup)
+        return cap is not None and self.endless.get(job.startup, 0) + job.gpus > cap
 
     def start(self, job: Pending, node_id: str, *, backfilled: bool) -> None:
         ends_at = self.now + job.max_runtime_s
@@ -97,6 +105,30 @@ class _Pass:
             self.never = job
         self.turns.back(job.startup)
         return False
+
+    def hold_kept_head(self, job: Pending, running: Sequence[Reservation]) -> None:
+        """The kept head is over its cap now: keep its reservation, no earlier than its cap allows.
+
+        Its startup may run jobs that end by the shadow time (backfill lets them), so the head may be
+        over its cap until they end; dropping it for that would give its reservation away.
+        """
+        shadow = self.capacity.shadow(job, self.now)
+        cap = self.max_gpus.get(job.startup)
+        releases = sorted((r.ends_at, r.gpus) for r in running if r.startup == job.startup and r.ends_at is not None)
+        over = self.in_use.get(job.startup, 0) + job.gpus - (cap or 0)
+        cap_at: float | None = None
+        for ends_at, gpus in releases:
+            over -= gpus
+            if over <= 0:
+                cap_at = ends_at
+                break
+        self.turns.back(job.startup)
+        if shadow is None or cap_at is None:
+            self.never = self.never or job
+            return
+        # Extra GPUs counted at the earlier node time are no more than at the later start: still safe.
+        shadow.start_at = max(shadow.start_at, cap_at)
+        self.shadow = shadow
 
     def try_backfill(self, job: Pending, shadow: Shadow) -> bool:
         """Behind the head: start the job if it fits where it cannot delay the head; whether it started."""
@@ -136,25 +168,29 @@ def plan(
     """
     weights = weights or {}
     in_use: dict[str, int] = {}
+    endless: dict[str, int] = {}  # a startup's private deployments: GPUs it holds with no end
     for r in running:
         if r.startup is not None:
             in_use[r.startup] = in_use.get(r.startup, 0) + r.gpus
+            if r.ends_at is None:
+                endless[r.startup] = endless.get(r.startup, 0) + r.gpus
     state = _Pass(
         capacity=Capacity(nodes, running),
         turns=Turns(pending, shares(running, nodes, usage, now, weights=weights, lookahead_s=lookahead_s),
                     first=keep_head),
         in_use=in_use,
+        endless=endless,
         now=now,
         max_gpus=max_gpus or {},
         weights=weights,
         lookahead_s=lookahead_s,
     )
-    _walk(state, backfill_depth)
+    _walk(state, backfill_depth, keep_head, running)
     head = state.shadow.job.id if state.shadow else (state.never.id if state.never else None)
     return Plan(tuple(state.starts), head, state.shadow.start_at if state.shadow else None)
 
 
-def _walk(state: _Pass, depth: int) -> None:
+def _walk(state: _Pass, depth: int, keep_head: str | None, running: Sequence[Reservation]) -> None:
     passed_over = 0
     while passed_over < depth:
         if state.shadow is not None and state.capacity.total_free <= 0:
@@ -163,6 +199,13 @@ def _walk(state: _Pass, depth: int) -> None:
         if job is None:
             return
         if state.over_cap(job):
-            continue  # the startup is not handed back: it sits the rest of the pass out
+            if job.id == keep_head:
+                state.hold_kept_head(job, running)
+            elif state.never_under_cap(job):
+                state.turns.back(job.startup)  # this job cannot start under the cap: pass it over
+            else:
+                continue  # the startup is not handed back: it sits the rest of the pass out
+            passed_over += 1
+            continue
         started = state.try_in_order(job) if state.shadow is None else state.try_backfill(job, state.shadow)
         passed_over += not started
