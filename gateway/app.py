@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway import admin, errors, jobs_api, metrics, openai_api
+from gateway import admin, deployments_api, errors, jobs_api, metrics, openai_api
 from gateway.context import Gateway, gateway_of
 from gateway.job_metrics import job_families
 from gateway.lookups import Lookups
@@ -181,6 +181,7 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None, clock: 
     app.router.routes.extend(openai_api.routes())
     app.router.routes.extend(jobs_api.routes())
     app.include_router(admin.router())
+    app.include_router(deployments_api.router())
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_api_route("/metrics", metrics_page, methods=["GET"])
     return app

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vouchers.errors import InvalidRequest
+from vouchers.deployments import Deployment
 from vouchers.jobs import Estimate, Job, JobStatus
 from vouchers.models import ApiKey, Balance, JournalLine, KindBalance, Limits, Price, Startup, Voucher
 from vouchers.units import Kind, format_amount
@@ -104,4 +105,16 @@ def job(j: Job, estimate: Estimate | None = None) -> dict[str, Any]:
         "held_gpu_hours": format_amount(j.gpus * j.max_runtime_s * j.weight_milli, Kind.COMPUTE),
         "queue_position": estimate.position if queued and estimate else None,
         "estimated_start_at": rfc3339(estimate.start_at) if queued and estimate else None,
+    }
+
+
+def deployment(d: Deployment) -> dict[str, Any]:
+    """A deployment as the admin sees it, with where its replicas run and (private ones) what they burned."""
+    return {
+        "id": d.id, "object": "deployment", "name": d.name, "engine": d.engine, "model": d.model, "gpus": d.gpus,
+        "replicas": d.replicas, "owner": d.owner or "shared", "gpu_type": d.gpu_type, "state": d.state.value,
+        "reason": d.reason or None, "stop_requested": d.stop_requested, "created_at": rfc3339(d.created_at),
+        "started_at": rfc3339(d.started_at), "stopped_at": rfc3339(d.stopped_at),
+        "replica_nodes": list(d.nodes), "charged_gpu_seconds": d.charged_gpu_ms / 1000,
+        "charged_gpu_hours": format_amount(d.charged_ms, Kind.COMPUTE),
     }

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
-from scheduler import policy
+from scheduler import forecast, policy
 from scheduler.charging import Charger
 from scheduler.executor import Executor
 from scheduler.config import SchedulerConfig
@@ -77,6 +77,7 @@ class Scheduler:
         self.last_pass: PassReport | None = None
         self._was_running: set[str] = set()
         self._cover_checked_at = float("-inf")
+        self._head: str | None = None  # the job backfill protects, kept across passes until it starts
         self.passes = 0
 
     async def run(self) -> None:
@@ -216,7 +217,10 @@ class Scheduler:
         if self.deployer is not None:
             reservations += await self.deployer.tend(seen, cluster, reservations, now)
         usage = await self.charger.usage(now)
-        plan = policy.plan(pending, reservations, cluster, usage, now, max_gpus=caps)
+        weights = {t: w / 1000 for t, w in self._config.gpu_weights.items()}
+        plan = policy.plan(pending, reservations, cluster, usage, now, max_gpus=caps, weights=weights,
+                           keep_head=self._head)
+        self._head = plan.head
         by_id = {j.id: j for j in queued}
         gpu_type = {n.node_id: n.gpu_type for n in nodes}
         for start in plan.starts:
@@ -226,8 +230,9 @@ class Scheduler:
                 report.started.append(job.id)
                 reservations.append(_reservation(started, None))
         left = [p for p in pending if p.id not in set(report.started)]
-        estimates = policy.estimate(left, reservations, cluster, usage, now, max_gpus=caps,
-                                    limit=self._config.estimate_limit)
+        estimates = forecast.estimate(left, reservations, cluster, usage, now, max_gpus=caps, weights=weights,
+                                      limit=self._config.estimate_limit, half_life_s=self._config.half_life_s,
+                                      keep_head=self._head if self._head not in report.started else None)
         await self._state.set_estimates({jid: Estimate(e.position, e.start_at) for jid, e in estimates.items()})
 
     async def _caps(self, startups: set[str]) -> dict[str, int | None]:
