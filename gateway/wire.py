@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from vouchers.errors import InvalidRequest
 from vouchers.deployments import Deployment
+from vouchers.errors import InvalidRequest
 from vouchers.jobs import Estimate, Job, JobStatus
 from vouchers.models import ApiKey, Balance, JournalLine, KindBalance, Limits, Price, Startup, Voucher
 from vouchers.units import Kind, format_amount

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from scheduler import forecast, policy
 from scheduler.charging import Charger
-from scheduler.executor import Executor
 from scheduler.config import SchedulerConfig
 from scheduler.deployments import Deployer, WorkerLaunch
+from scheduler.executor import Executor
 from scheduler.metrics import SchedulerMetrics
 from scheduler.reconcile import Action, Seen, Verdict, judge
 from vouchers.clock import Clock
