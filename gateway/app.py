@@ -114,6 +114,8 @@ async def healthz(request: Request) -> Response:
     healthy = [w for w in gw.workers.workers if gw.workers.is_healthy(w.id)]
     if not healthy:
         missing.append("a healthy worker")
+    if gw.settings.require_scheduler and store_ok and await gw.jobs.capacity() is None:
+        missing.append("the scheduler")
     body = {"status": "ok" if not missing else "unavailable", "store": store_ok,
             "workers": {"known": len(gw.workers.workers), "healthy": len(healthy)},
             "models": sorted({w.model for w in healthy}), "missing": missing}
@@ -166,13 +168,15 @@ class _GatewayApp(FastAPI):
             return errors.unexpected_error(request)
 
 
-def create_app(settings: GatewaySettings, *, store: Store | None = None, clock: Clock | None = None) -> FastAPI:
+def create_app(settings: GatewaySettings, *, store: Store | None = None, clock: Clock | None = None,
+               extra_metrics: list[CollectorRegistry] | None = None) -> FastAPI:
     """Build the gateway. A store passed in stays the caller's to close; otherwise the app opens its own."""
     the_clock = clock or SystemClock()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with _running(app, settings, store, the_clock):
+            app.state.gateway.extra_metrics.extend(extra_metrics or [])
             yield
 
     app = _GatewayApp(title="shuqi gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

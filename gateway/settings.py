@@ -49,6 +49,7 @@ class GatewaySettings(BaseSettings):
     # GPU jobs: weights per GPU type ("a100=2,t4=0.5"; the default type weighs 1), the longest runtime a job
     # may ask for, the largest --working-dir archive, and how long a job's hold lives between renewals.
     gpu_weights: str = ""
+    require_scheduler: bool = False  # /healthz waits for a scheduler to have reported the cluster (`shuqi up`)
     max_job_runtime_s: int = Field(default=7 * 86_400, ge=1)
     max_job_archive_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
     job_hold_ttl_s: float = Field(default=3600.0, gt=0)

@@ -130,13 +130,35 @@ async def _stop_workers(handles: list[Any]) -> None:
             logger.warning("worker did not stop cleanly: %s", exc)
 
 
-async def _start_scheduler(store: Store, dashboard_url: str) -> None:
-    """Hook for the scheduler issue: start the scheduler service here and return its stop coroutine.
+async def _start_scheduler(settings: UpSettings, store: Store, dashboard_url: str,
+                           stack: contextlib.AsyncExitStack) -> Any:
+    """The scheduler on the local Ray head, in this process; its stop is on `stack`."""
+    from scheduler.config import SchedulerSettings
+    from scheduler.run import build, worker_env
+    from vouchers.clock import SystemClock
+    from vouchers.factory import open_job_store
 
-    It will get the store and the Ray dashboard URL (the Jobs API, token auth on). Until it exists,
-    the embedded stack runs without one and `/admin/v1/deployments` is not served.
-    """
-    del store, dashboard_url
+    sched = SchedulerSettings(store=settings.store_url(), data_dir=settings.data_dir.resolve(),
+                              ray_dashboard=dashboard_url)
+    jobs = await open_job_store(sched.store, data_dir=sched.data_dir)
+    stack.push_async_callback(jobs.close)
+    scheduler = build(sched, ledger=store, jobs=jobs, token=ray_token(), clock=SystemClock(),
+                      worker_env=worker_env(sched))
+    task = asyncio.create_task(scheduler.run())
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
+    return scheduler
+
+
+def ray_token() -> str | None:
+    """The local Ray cluster's token (token auth is on for clusters `ray.init` starts)."""
+    path = Path.home() / ".ray" / "auth_token"
+    return path.read_text().strip() if path.exists() else None
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -156,7 +178,7 @@ class _EmbeddedServer(uvicorn.Server):
             self.ready.set()
 
 
-def _gateway_server(settings: UpSettings) -> _EmbeddedServer | None:
+def _gateway_server(settings: UpSettings, extra_metrics: list[Any]) -> _EmbeddedServer | None:
     """The gateway's uvicorn server, not yet started; None while the gateway package is absent."""
     try:
         from gateway.app import create_app
@@ -167,7 +189,7 @@ def _gateway_server(settings: UpSettings) -> _EmbeddedServer | None:
         return None
     # GatewaySettings reads the same SHUQI_* environment as UpSettings, so both agree on host, port,
     # data dir, store and admin token (and it writes the generated token to the data dir).
-    app = create_app(GatewaySettings())
+    app = create_app(GatewaySettings(require_scheduler=True), extra_metrics=extra_metrics)
     return _EmbeddedServer(uvicorn_config(app, host=settings.host, port=settings.port, log_level="warning",
                                           lifespan="on"))
 
@@ -194,6 +216,9 @@ Try it:
   python -c 'import os, openai; c = openai.OpenAI(base_url="{url}/v1", api_key=os.environ["KEY"]); \\
 print(c.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Say hi"}}]))'
   shuqi admin balance acme
+  shuqi admin voucher grant acme --kind compute --amount 1      # 1 GPU-hour (SHUQI_LOGICAL_GPUS=2 without GPUs)
+  SHUQI_API_KEY=$KEY shuqi job submit --gpus 1 --max-runtime 1m -- python -c "print('hello')"
+  SHUQI_API_KEY=$KEY shuqi job list; SHUQI_API_KEY=$KEY shuqi job logs JOB_ID
 
 Ctrl-C stops everything.
 """
@@ -268,9 +293,9 @@ async def _bring_up(
     if handles is None:
         return 0
     stack.push_async_callback(_stop_workers, handles)
-    await _start_scheduler(store, dashboard_url)
+    scheduler = await _start_scheduler(settings, store, dashboard_url, stack)
 
-    server = _gateway_server(settings)
+    server = _gateway_server(settings, [scheduler.metrics.registry])
     if server is not None:
         serving = asyncio.create_task(_serve(server, stop))
         stack.push_async_callback(_stop_gateway, server, serving)
