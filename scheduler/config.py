@@ -24,6 +24,8 @@ class SchedulerConfig:
     submit_grace_s: float = 60.0  # a RUNNING job Ray does not know is submitted again within this
     log_tail_bytes: int = 1024 * 1024  # the tail of a job's logs kept in the store
     estimate_limit: int = 1000  # queued jobs given an estimated start
+    log_copy_s: float = 2.0  # how often a running job's log tail is copied to the store
+    recover_limit: int = 1000  # ended jobs a new leader checks for a hold left open
 
 
 class SchedulerSettings(BaseSettings):

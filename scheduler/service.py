@@ -34,11 +34,13 @@ from vouchers.clock import Clock
 from vouchers.deployments import DeploymentStore
 from vouchers.job_rules import NodeInfo, hold_ms, weight_of
 from vouchers.jobs import Estimate, Job, JobStatus, JobStore, SchedulerState
+from vouchers.models import HoldStatus
 from vouchers.store import Store
 
 log = logging.getLogger(__name__)
 
 _ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+_ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMED_OUT)
 _ALL = 10**9
 COVER_LOST = "cover_lost: the compute vouchers behind this job were voided or expired, and no other covers it"
 HOLD_LAPSED = "hold_lapsed: the job's hold expired while no scheduler was running"
@@ -77,6 +79,7 @@ class Scheduler:
         self.last_pass: PassReport | None = None
         self._was_running: set[str] = set()
         self._cover_checked_at = float("-inf")
+        self._logs_copied: dict[str, float] = {}
         self._head: str | None = None  # the job backfill protects, kept across passes until it starts
         self.passes = 0
 
@@ -99,6 +102,10 @@ class Scheduler:
         if leading and not self.leading:
             log.info("scheduler %s leads", self.instance)
             self._was_running = set()  # what a previous leader was running is found again in the store
+            try:
+                await self._recover()
+            except Exception:
+                log.exception("recovery sweep failed; the next leadership change tries again")
         self.leading = leading
         self.metrics.leader.set(1 if leading else 0)
         if not leading:
@@ -111,6 +118,17 @@ class Scheduler:
         self.last_pass = report
         self.metrics.pass_seconds.observe(report.seconds)
         return report
+
+    async def _recover(self) -> None:
+        """Settle jobs that ended while no scheduler led (a cancel, then the Ray job ended unwatched)."""
+        ended = await self._jobs.list_jobs(statuses=_ENDED, limit=self._config.recover_limit)
+        now = self._clock.now()
+        for job in ended:
+            if job.started_at is None:
+                continue
+            hold = await self._ledger.get_hold(job.hold_id)
+            if hold is not None and hold.status is HoldStatus.OPEN:
+                await self.charger.finish_job(job, job.ended_at if job.ended_at is not None else now, now)
 
     async def pass_once(self) -> PassReport:
         began = time.perf_counter()
@@ -161,7 +179,7 @@ class Scheduler:
         if moved is None:
             return None  # ended elsewhere meanwhile (a cancel): `_ended_elsewhere` settles it
         await self.charger.finish_job(moved, verdict.ended_at, now)
-        await self._copy_logs(moved)
+        await self._copy_logs(moved, final=True)
         log.info("job ended", extra={"job_id": job.id, "startup": job.startup_id, "status": verdict.status.value})
         return verdict.status
 
@@ -179,7 +197,7 @@ class Scheduler:
                 await self._cluster.stop(job_id)
             if job.started_at is not None:
                 await self.charger.finish_job(job, job.ended_at if job.ended_at is not None else now, now)
-                await self._copy_logs(job)
+                await self._copy_logs(job, final=True)
 
     async def _check_cover(self, queued: list[Job], running: list[Job], now: float,
                            report: PassReport) -> list[Job]:
@@ -285,7 +303,13 @@ class Scheduler:
             archive.extractall(target)  # archives are built by shuqi's client; names are checked at submit
         return target
 
-    async def _copy_logs(self, job: Job) -> None:
+    async def _copy_logs(self, job: Job, *, final: bool = False) -> None:
+        now = self._clock.now()
+        if not final and now - self._logs_copied.get(job.id, float("-inf")) < self._config.log_copy_s:
+            return
+        self._logs_copied[job.id] = now
+        if final:
+            self._logs_copied.pop(job.id, None)
         try:
             text = await self._cluster.logs(job.id)
         except Exception as exc:
