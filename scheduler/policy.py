@@ -167,7 +167,8 @@ def plan(
     """The jobs to start now and the head job this pass protects.
 
     `pending`: the queued jobs, best a `Backlog` the caller keeps between passes (then the pass does
-    not sort the queue); any iterable of jobs works.
+    not sort the queue); any iterable of jobs works. A deployment replica waiting for GPUs can queue
+    as a job with `max_runtime_s=math.inf`: it is placed like any job and never backfills past a head.
     `usage`: each startup's decayed weighted GPU-seconds at `now`. `weights`: GPU type -> weight (1 if
     absent). `keep_head`: the head the previous pass returned; it stays first in order until it starts,
     so a reservation once made is never broken by a change in the fair-share order.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from scheduler.policy import plan
 from scheduler.records import Node, Start
 from tests.scheduler.factories import NOW, job, nodes, running
@@ -110,3 +112,15 @@ def test_the_heads_startup_keeps_room_under_its_cap_for_the_head() -> None:
     # a may run 9 GPUs: 8 for the head in an hour, so only a job done by then may backfill for a.
     assert {s.job_id for s in result.starts} == {"a-short", "b-long"}
     assert all(s.backfilled for s in result.starts)
+
+
+def test_a_replica_queued_with_no_end_is_placed_only_where_the_head_does_not_need_it() -> None:
+    cluster = nodes(2, 8)
+    busy = [running("r0", "n0", 4, ends_in=HOUR), running("r1", "n1", 8, ends_in=2 * HOUR)]
+    pending = [job("head", gpus=8, at=NOW - 900), job("replica", gpus=2, at=NOW - 800, runtime=math.inf)]
+    first = plan(pending, busy, cluster, {}, NOW)
+    assert first.starts == () and first.head_start_at == NOW + HOUR
+    # On a node of its own the replica takes two GPUs for good: an 8-GPU job there can never start.
+    second = plan([pending[1], job("next", gpus=8)], [running("r1", "n0", 6, ends_in=HOUR)], nodes(1), {}, NOW)
+    assert second.starts == (Start("replica", "n0", False),)
+    assert (second.head, second.head_start_at) == ("next", None)
