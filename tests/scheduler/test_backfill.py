@@ -124,3 +124,15 @@ def test_a_replica_queued_with_no_end_is_placed_only_where_the_head_does_not_nee
     second = plan([pending[1], job("next", gpus=8)], [running("r1", "n0", 6, ends_in=HOUR)], nodes(1), {}, NOW)
     assert second.starts == (Start("replica", "n0", False),)
     assert (second.head, second.head_start_at) == ("next", None)
+
+
+def test_a_pass_looks_at_a_bounded_part_of_a_long_queue() -> None:
+    cluster = nodes(2, 8)
+    busy = [running("r0", "n0", 7, ends_in=HOUR), running("r1", "n1", 8, ends_in=HOUR)]
+    queue = [job(f"j{i:04d}", f"s{i % 7}", gpus=2, at=NOW - 5000 + i) for i in range(5000)]
+    deep = plan(queue, busy, cluster, {}, NOW, backfill_depth=100)
+    # No queued job fits the one free GPU: the head is found, then backfill gives up after 100 tries.
+    assert deep.starts == () and deep.head is not None and deep.looked_at == 100
+    # Once the last free GPU is taken and the head is known, the pass stops looking.
+    full = plan([job("one", "a", at=NOW - 9000), *queue], busy, cluster, {}, NOW)
+    assert full.starts == (Start("one", "n0", False),) and full.looked_at == 2
