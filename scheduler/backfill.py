@@ -17,6 +17,7 @@ reservation).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -82,10 +83,10 @@ class Capacity:
         return best
 
     def take(self, node_id: str, gpus: int, ends_at: float | None) -> None:
-        """Reserve `gpus` on `node_id` until `ends_at`."""
+        """Reserve `gpus` on `node_id` until `ends_at` (None or infinity: no end)."""
         self.free[node_id] -= gpus
         self.total_free -= gpus
-        if ends_at is not None:
+        if ends_at is not None and ends_at != math.inf:
             self._releases[node_id].append((ends_at, gpus))
 
     def shadow(self, job: Pending, now: float) -> Shadow | None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from scheduler.backlog import Backlog
 from scheduler.fairshare import DEFAULT_LOOKAHEAD_S, accrued, decayed
 from scheduler.policy import DEFAULT_BACKFILL_DEPTH, plan
 from scheduler.records import Node, Pending, Plan, Reservation
@@ -26,7 +27,7 @@ class Policy(Protocol):
 
     def __call__(
         self,
-        pending: Sequence[Pending],
+        pending: Iterable[Pending],
         running: Sequence[Reservation],
         nodes: Sequence[Node],
         usage: Mapping[str, float],
@@ -46,7 +47,7 @@ class FairPolicy:
 
     def __call__(
         self,
-        pending: Sequence[Pending],
+        pending: Iterable[Pending],
         running: Sequence[Reservation],
         nodes: Sequence[Node],
         usage: Mapping[str, float],
@@ -93,7 +94,7 @@ class Cluster:
         self.now = now
         self.half_life_s = half_life_s
         self.usage: dict[str, float] = dict(usage or {})
-        self.pending: dict[str, Pending] = {}
+        self.pending = Backlog()
         self.running: dict[str, Reservation] = {}
         self.head = head
         self.journal = Journal()
@@ -108,7 +109,7 @@ class Cluster:
 
     def submit(self, job: Pending) -> None:
         """Queue a job."""
-        self.pending[job.id] = job
+        self.pending.add(job)
 
     def next_end(self) -> float | None:
         """When the next running job ends (None: none will)."""
@@ -129,11 +130,13 @@ class Cluster:
         if self.head is not None and self._gpus_in_use >= self._gpus:
             return None  # nothing can start and the kept head stays the head: the pass would change nothing
         result = self.policy(
-            list(self.pending.values()), list(self.running.values()), self.nodes, self.usage, self.now, self.head
+            self.pending, list(self.running.values()), self.nodes, self.usage, self.now, self.head
         )
         self.journal.passes += 1
         for start in result.starts:
-            job = self.pending.pop(start.job_id)
+            job = self.pending.discard(start.job_id)
+            if job is None:
+                raise ValueError(f"the policy started {start.job_id}, which is not queued")
             self.journal.started_at[job.id] = self.now
             self.journal.node_of[job.id] = start.node_id
             if start.backfilled:

@@ -25,6 +25,7 @@ import heapq
 import math
 from collections.abc import Iterable, Mapping
 
+from scheduler.backlog import Backlog
 from scheduler.records import Pending
 
 DEFAULT_HALF_LIFE_S = 7 * 24 * 3600.0
@@ -58,48 +59,31 @@ def commitment(gpus: int, weight: float, remaining_s: float | None, lookahead_s:
     return gpus * weight * horizon
 
 
-def job_order(job: Pending) -> tuple[int, float, str]:
-    """Within a startup: higher priority first, then older, then by id."""
-    return (-job.priority, job.submitted_at, job.id)
-
-
 class Turns:
     """Queued jobs in fair-share order, walked once by a pass that charges each start to its startup.
 
-    Each startup keeps its own heap of jobs (priority, submit time, id) and the startups sit in a heap
-    keyed by share, so a pass costs O(n) to build and O(log n) per job it looks at, however long the
-    queue. `first` names a job that goes before every other (the head a previous pass protected).
+    The startups sit in a heap keyed by share; each startup's jobs are read in order from the front of
+    its list in the `Backlog`, so a pass costs O(startups) to set up and O(log startups) per job it
+    looks at. `first` names a job that goes before every other (the head a previous pass protected).
     """
 
-    def __init__(
-        self, pending: Iterable[Pending], shares: Mapping[str, float], *, first: str | None = None
-    ) -> None:
-        queues: dict[str, list[tuple[int, float, str, Pending]]] = {}
-        self.first: Pending | None = None
-        for job in pending:
-            if job.id == first:
-                self.first = job
-                continue
-            queue = queues.get(job.startup)
-            if queue is None:
-                queue = queues[job.startup] = []
-            queue.append((-job.priority, job.submitted_at, job.id, job))
-        self._queues = queues
-        self.share = {startup: shares.get(startup, 0.0) for startup in queues}
-        if self.first is not None:
-            self.share.setdefault(self.first.startup, shares.get(self.first.startup, 0.0))
+    def __init__(self, pending: Iterable[Pending] | Backlog, shares: Mapping[str, float], *,
+                 first: str | None = None) -> None:
+        backlog = pending if isinstance(pending, Backlog) else Backlog(pending)
+        self._groups = backlog.groups()
+        self._cursor = dict.fromkeys(self._groups, 0)
+        self._skip = first
+        self.first = backlog.get(first) if first is not None else None
+        self.share = {startup: shares.get(startup, 0.0) for startup in self._groups}
         self._turns: list[tuple[float, float, str]] = []
-        for startup, queue in queues.items():
-            heapq.heapify(queue)
-            self._turns.append((self.share[startup], queue[0][1], startup))
-        heapq.heapify(self._turns)
-        self._waiting = set(queues)
+        self._waiting: set[str] = set()
+        for startup in self._groups:
+            self._push(startup)
 
     def take(self) -> Pending | None:
         """The next job in order (None when the queue is empty); hand its startup back with `back`."""
         if self.first is not None:
             job, self.first = self.first, None
-            self._queues.setdefault(job.startup, [])
             return job
         while self._turns:
             share, _, startup = heapq.heappop(self._turns)
@@ -108,7 +92,10 @@ class Turns:
                 self._push(startup)
                 continue
             self._waiting.discard(startup)
-            return heapq.heappop(self._queues[startup])[3]
+            found = self._peek(startup)
+            if found is not None:
+                self._cursor[startup] += 1
+                return found
         return None
 
     def back(self, startup: str, charge: float = 0.0) -> None:
@@ -117,8 +104,14 @@ class Turns:
         if startup not in self._waiting:
             self._push(startup)
 
+    def _peek(self, startup: str) -> Pending | None:
+        group, i = self._groups[startup], self._cursor[startup]
+        if i < len(group) and group[i].id == self._skip:
+            i = self._cursor[startup] = i + 1
+        return group[i] if i < len(group) else None
+
     def _push(self, startup: str) -> None:
-        queue = self._queues[startup]
-        if queue:
-            heapq.heappush(self._turns, (self.share[startup], queue[0][1], startup))
+        job = self._peek(startup)
+        if job is not None:
+            heapq.heappush(self._turns, (self.share[startup], job.submitted_at, startup))
             self._waiting.add(startup)

@@ -14,8 +14,9 @@ ahead of some within it; the forecast leaves them out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+from scheduler.backlog import Backlog
 from scheduler.cluster import Cluster, FairPolicy
 from scheduler.fairshare import DEFAULT_HALF_LIFE_S, DEFAULT_LOOKAHEAD_S, Turns, commitment
 from scheduler.policy import DEFAULT_BACKFILL_DEPTH, shares
@@ -23,7 +24,7 @@ from scheduler.records import DEFAULT_GPU_TYPE, Estimate, Node, Pending, Reserva
 
 
 def positions(
-    pending: Sequence[Pending],
+    pending: Iterable[Pending],
     running: Sequence[Reservation],
     nodes: Sequence[Node],
     usage: Mapping[str, float],
@@ -46,7 +47,7 @@ def positions(
 
 
 def estimate(
-    pending: Sequence[Pending],
+    pending: Iterable[Pending],
     running: Sequence[Reservation],
     nodes: Sequence[Node],
     usage: Mapping[str, float],
@@ -62,6 +63,7 @@ def estimate(
 ) -> dict[str, Estimate]:
     """Every queued job's position, and for the first `limit` in order when it would start."""
     weights = weights or {}
+    pending = pending if isinstance(pending, Backlog) else Backlog(pending)
     order = positions(pending, running, nodes, usage, now, weights=weights, lookahead_s=lookahead_s,
                       keep_head=keep_head)
     policy = FairPolicy(max_gpus=max_gpus or {}, weights=weights, lookahead_s=lookahead_s,

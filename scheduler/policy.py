@@ -10,21 +10,24 @@ passed over instead, so that it does not stop its startup's other jobs for good.
 Placement and backfill are in `scheduler.backfill`.
 
 The walk stops once no GPU is free anywhere and the head is known, or after `backfill_depth` jobs that
-could not start: the cost of a pass is the O(n) grouping of the queue plus O(log n) per job it looks at.
+could not start: given a `Backlog`, a pass costs O(startups + running) plus O(log startups) per job it
+looks at, whatever the length of the queue.
 Measured by `benchmarks/scheduler.py` (section "pass").
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from scheduler.backfill import Capacity, Shadow
+from scheduler.backlog import Backlog
 from scheduler.fairshare import DEFAULT_LOOKAHEAD_S, Turns, commitment
 from scheduler.records import DEFAULT_GPU_TYPE, Estimate, Node, Pending, Plan, Reservation, Start
 
 __all__ = [
     "DEFAULT_GPU_TYPE",
+    "Backlog",
     "Estimate",
     "Node",
     "Pending",
@@ -72,6 +75,7 @@ class _Pass:
     weights: Mapping[str, float]
     lookahead_s: float
     starts: list[Start] = field(default_factory=list)
+    looked_at: int = 0
     shadow: Shadow | None = None
     never: Pending | None = None
 
@@ -148,7 +152,7 @@ class _Pass:
 
 
 def plan(
-    pending: Sequence[Pending],
+    pending: Iterable[Pending],
     running: Sequence[Reservation],
     nodes: Sequence[Node],
     usage: Mapping[str, float],
@@ -162,6 +166,9 @@ def plan(
 ) -> Plan:
     """The jobs to start now and the head job this pass protects.
 
+    `pending`: the queued jobs, best a `Backlog` the caller keeps between passes (then the pass does
+    not sort the queue); any iterable of jobs works. A deployment replica waiting for GPUs can queue
+    as a job with `max_runtime_s=math.inf`: it is placed like any job and never backfills past a head.
     `usage`: each startup's decayed weighted GPU-seconds at `now`. `weights`: GPU type -> weight (1 if
     absent). `keep_head`: the head the previous pass returned; it stays first in order until it starts,
     so a reservation once made is never broken by a change in the fair-share order.
@@ -187,7 +194,7 @@ def plan(
     )
     _walk(state, backfill_depth, keep_head, running)
     head = state.shadow.job.id if state.shadow else (state.never.id if state.never else None)
-    return Plan(tuple(state.starts), head, state.shadow.start_at if state.shadow else None)
+    return Plan(tuple(state.starts), head, state.shadow.start_at if state.shadow else None, state.looked_at)
 
 
 def _walk(state: _Pass, depth: int, keep_head: str | None, running: Sequence[Reservation]) -> None:
@@ -198,6 +205,7 @@ def _walk(state: _Pass, depth: int, keep_head: str | None, running: Sequence[Res
         job = state.turns.take()
         if job is None:
             return
+        state.looked_at += 1
         if state.over_cap(job):
             if job.id == keep_head:
                 state.hold_kept_head(job, running)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 DEFAULT_GPU_TYPE = "default"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Node:
     """A node's GPU capacity as Ray reports it."""
 
@@ -21,7 +21,7 @@ class Node:
     alive: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reservation:
     """GPUs held on a node: a running job, or a deployment replica (no end)."""
 
@@ -32,7 +32,7 @@ class Reservation:
     ends_at: float | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pending:
     """A QUEUED job."""
 
@@ -45,7 +45,7 @@ class Pending:
     priority: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Start:
     """Start `job_id` on `node_id` now; `backfilled` when it goes ahead of the protected head job."""
 
@@ -54,7 +54,7 @@ class Start:
     backfilled: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Plan:
     """One scheduling pass: the jobs to start now and the head job the pass protected.
 
@@ -67,9 +67,10 @@ class Plan:
     starts: tuple[Start, ...]
     head: str | None
     head_start_at: float | None
+    looked_at: int = 0  # queued jobs the pass considered (its cost; a metric worth exporting)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Estimate:
     """A queued job's place in the fair-share order (1-based) and when it would start.
 

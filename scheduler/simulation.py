@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from scheduler.backfill import Capacity
@@ -61,7 +61,7 @@ class Report:
 
 
 def fifo(
-    pending: Sequence[Pending],
+    pending: Iterable[Pending],
     running: Sequence[Reservation],
     nodes: Sequence[Node],
     usage: Mapping[str, float],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from scheduler.policy import plan
 from scheduler.records import Node, Start
 from tests.scheduler.factories import NOW, job, nodes, running
@@ -32,7 +34,7 @@ def test_a_job_never_spans_nodes() -> None:
 
 def test_a_job_larger_than_every_node_never_starts() -> None:
     result = plan([job("huge", gpus=16)], [], nodes(4, 8), {}, NOW)
-    assert result == type(result)((), "huge", None)
+    assert (result.starts, result.head, result.head_start_at) == ((), "huge", None)
 
 
 def test_best_fit_keeps_the_large_hole_whole() -> None:
@@ -110,3 +112,27 @@ def test_the_heads_startup_keeps_room_under_its_cap_for_the_head() -> None:
     # a may run 9 GPUs: 8 for the head in an hour, so only a job done by then may backfill for a.
     assert {s.job_id for s in result.starts} == {"a-short", "b-long"}
     assert all(s.backfilled for s in result.starts)
+
+
+def test_a_replica_queued_with_no_end_is_placed_only_where_the_head_does_not_need_it() -> None:
+    cluster = nodes(2, 8)
+    busy = [running("r0", "n0", 4, ends_in=HOUR), running("r1", "n1", 8, ends_in=2 * HOUR)]
+    pending = [job("head", gpus=8, at=NOW - 900), job("replica", gpus=2, at=NOW - 800, runtime=math.inf)]
+    first = plan(pending, busy, cluster, {}, NOW)
+    assert first.starts == () and first.head_start_at == NOW + HOUR
+    # On a node of its own the replica takes two GPUs for good: an 8-GPU job there can never start.
+    second = plan([pending[1], job("next", gpus=8)], [running("r1", "n0", 6, ends_in=HOUR)], nodes(1), {}, NOW)
+    assert second.starts == (Start("replica", "n0", False),)
+    assert (second.head, second.head_start_at) == ("next", None)
+
+
+def test_a_pass_looks_at_a_bounded_part_of_a_long_queue() -> None:
+    cluster = nodes(2, 8)
+    busy = [running("r0", "n0", 7, ends_in=HOUR), running("r1", "n1", 8, ends_in=HOUR)]
+    queue = [job(f"j{i:04d}", f"s{i % 7}", gpus=2, at=NOW - 5000 + i) for i in range(5000)]
+    deep = plan(queue, busy, cluster, {}, NOW, backfill_depth=100)
+    # No queued job fits the one free GPU: the head is found, then backfill gives up after 100 tries.
+    assert deep.starts == () and deep.head is not None and deep.looked_at == 100
+    # Once the last free GPU is taken and the head is known, the pass stops looking.
+    full = plan([job("one", "a", at=NOW - 9000), *queue], busy, cluster, {}, NOW)
+    assert full.starts == (Start("one", "n0", False),) and full.looked_at == 2

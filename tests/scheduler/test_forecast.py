@@ -37,7 +37,7 @@ def test_estimated_starts_are_the_starts_when_jobs_run_to_their_limits(seed: int
               reservations=[deployment])
     run.until(NOW + 2000.0)  # every job submitted, some running, a queue; the pass at this instant not yet run
     cluster = run.cluster
-    queued = list(cluster.pending.values())
+    queued = list(cluster.pending)
     assert len(queued) > 50 and len(cluster.running) > 3
     forecast = estimate(queued, list(cluster.running.values()), nodes, cluster.usage, cluster.now, half_life_s=DAY,
                         max_gpus=caps, weights=weights, keep_head=cluster.head)
