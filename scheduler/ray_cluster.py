@@ -24,14 +24,14 @@ class RayCluster:
         self._ray = ray
 
     async def nodes(self) -> list[NodeInfo]:
-        return [NodeInfo(n.node_id, n.gpu_type, int(n.gpus), n.alive) for n in await self._ray.nodes() if n.gpus > 0]
+        return [NodeInfo(n.node_id, n.gpu_type, int(n.gpus), n.alive) for n in await self._ray.nodes() if n.gpus >= 1]
 
     async def jobs(self) -> dict[str, Seen]:
         seen: dict[str, Seen] = {}
         for job in await self._ray.list():
             if job.metadata.get(_TAG) != "1":
                 continue
-            seen[job.submission_id] = Seen(status=job.status, message=job.message or "", end_time=job.end_time,
+            seen[job.submission_id] = Seen(status=job.status.value, message=job.message or "", end_time=job.end_time,
                                            node_id=job.driver_node_id)
         return seen
 

@@ -49,6 +49,9 @@ GPU_TYPE_REQUEST = 0.001
 _STATE_LIMIT = 10_000  # the State API truncates at 100 by default
 
 
+NODE_ID_LABEL = "ray.io/node-id"
+
+
 class RayError(Exception):
     """Ray refused or failed a call (the dashboard answered, with an error)."""
 
@@ -241,7 +244,8 @@ class RayJobs:
         return f"gcs://{name}"
 
     async def submit(self, *, submission_id: str, entrypoint: str, gpus: float, gpu_type: str | None,
-                     env: Mapping[str, str], working_dir: Path | None, metadata: Mapping[str, str]) -> None:
+                     env: Mapping[str, str], working_dir: Path | None, metadata: Mapping[str, str],
+                     node_id: str | None = None) -> None:
         """Start a job under `submission_id`; a second submit of the same id is a no-op.
 
         `gpu_type` None or "default" asks for no particular type. `working_dir` is a directory or a
@@ -260,6 +264,10 @@ class RayJobs:
         }
         if gpu_type and gpu_type != DEFAULT_GPU_TYPE:
             body["entrypoint_resources"] = {GPU_TYPE_PREFIX + gpu_type: GPU_TYPE_REQUEST}
+        if node_id:
+            # Pinned to the node the scheduler placed it on (Ray's default node label), so its plan and
+            # Ray's placement agree and backfill reservations hold.
+            body["entrypoint_label_selector"] = {NODE_ID_LABEL: node_id}
         response = await self._request("POST", "/api/jobs/", json=body)
         if response.status_code == 200:
             return

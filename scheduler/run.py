@@ -40,7 +40,7 @@ def build(settings: SchedulerSettings, *, ledger: Store, jobs: ClosableJobStore,
           clock: Clock, worker_env: Mapping[str, str]) -> Scheduler:
     """A scheduler over these stores and the settings' Ray cluster (not yet running)."""
     instance = instance_name()
-    ray = RayJobs(settings.ray_dashboard, token=token, timeout_s=settings.ray_timeout_s)
+    ray = RayJobs(settings.ray_dashboard, token, timeout_s=settings.ray_timeout_s)
     return Scheduler(jobs=jobs, state=jobs, ledger=ledger, cluster=RayCluster(ray), config=settings.config(),
                      clock=clock, instance=instance, metrics=SchedulerMetrics(instance), deployments=jobs,
                      launch=WorkerLaunch(python=sys.executable, env=worker_env))

@@ -62,7 +62,7 @@ class Stack:
     async def compute(self, client: httpx.AsyncClient) -> dict[str, Decimal]:
         r = await client.get("/v1/balance")
         assert r.status_code == 200, r.text
-        return {k: Decimal(v) for k, v in r.json()["compute"].items()}
+        return {k: Decimal(r.json()["compute"][k]) for k in ("granted", "spent", "held", "remaining")}
 
     async def wait(self, client: httpx.AsyncClient, job_id: str, statuses: tuple[str, ...] = TERMINAL,
                    timeout_s: float = 90.0) -> dict[str, Any]:
@@ -111,7 +111,7 @@ async def running_stack(store_url: str, data_dir: Path, namespace: str, dashboar
     ledger = await open_store(store_url, data_dir=data_dir, clock=clock, namespace=namespace)
     jobs = await open_job_store(store_url, data_dir=data_dir, clock=clock, namespace=namespace)
     admin = httpx.AsyncClient(base_url=server.url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
-    stack = Stack(server.url, store_url, namespace, admin, ledger, jobs, RayJobs(dashboard_url, token=token))
+    stack = Stack(server.url, store_url, namespace, admin, ledger, jobs, RayJobs(dashboard_url, token))
     stack.start_scheduler("s1")
     try:
         yield stack
@@ -124,6 +124,7 @@ async def running_stack(store_url: str, data_dir: Path, namespace: str, dashboar
         for client in stack.clients:
             await client.aclose()
         await admin.aclose()
+        await stack.ray.aclose()
         server.stop()
         await jobs.close()
         await ledger.close()

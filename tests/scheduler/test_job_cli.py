@@ -6,22 +6,22 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from shuqi.cli import app
 from shuqi.job_cli import parse_duration
+from tests.scheduler.conftest import GpuCluster
 from tests.scheduler.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture
-async def stack(ray_cluster: Any, tmp_path: Path) -> AsyncIterator[Stack]:
-    async with running_stack(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path, "shuqi", ray_cluster.dashboard_url,
-                             ray_cluster.token) as s:
+async def stack(gpu_cluster: GpuCluster, tmp_path: Path) -> AsyncIterator[Stack]:
+    async with running_stack(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path, "shuqi", gpu_cluster.dashboard_url,
+                             gpu_cluster.token) as s:
         yield s
 
 
