@@ -16,16 +16,16 @@ from gateway.lookups import Lookups
 from gateway.metrics import ServiceMetrics
 from gateway.pool import Pool
 from gateway.registry import WorkerTable
-from gateway.settings import GatewaySettings
 from vouchers.clock import Clock
 from vouchers.events import LedgerEvent
-from vouchers.store import Store
+from vouchers.factory import Stores
+from vouchers.settings import GatewaySettings
 
 
 @dataclass
 class Gateway:
     settings: GatewaySettings
-    store: Store
+    stores: Stores
     clock: Clock
     client: aiohttp.ClientSession  # health checks and token counts
     pool: Pool  # the proxied requests
@@ -41,12 +41,12 @@ class Gateway:
     def __post_init__(self) -> None:
         self.keys = KeyBook(trusted=self.events_flow)
         s = self.settings
-        self.leases = Leases(self.store, self.clock, requests=s.lease_requests, idle_s=s.lease_idle_s,
+        self.leases = Leases(self.stores.ledger, self.clock, requests=s.lease_requests, idle_s=s.lease_idle_s,
                              ttl_s=s.hold_ttl_s, events_flow=self.events_flow)
 
     def events_flow(self) -> bool:
         """True while every revocation and void reaches this replica before the admin call returns."""
-        return self.listening and self.store.watching
+        return self.listening and self.stores.events.watching
 
     def on_event(self, event: LedgerEvent | None) -> None:
         self.keys.on_event(event)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from vouchers import rules
 from vouchers.errors import InvalidRequest
 from vouchers.models import ApiKey, Balance, JournalLine, KindBalance, Limits, Price, Startup, Voucher
 from vouchers.units import Kind, format_amount
@@ -49,7 +50,7 @@ def voucher(v: Voucher) -> dict[str, Any]:
     return {
         "id": v.id, "object": "voucher", "startup": v.startup_id, "kind": v.kind.value,
         "amount": format_amount(v.amount, v.kind), "spent": format_amount(v.spent, v.kind),
-        "held": format_amount(v.held, v.kind), "remaining": format_amount(max(v.free, 0), v.kind),
+        "held": format_amount(v.held, v.kind), "remaining": format_amount(max(rules.free(v), 0), v.kind),
         "effective_at": rfc3339(v.effective_at), "expires_at": rfc3339(v.expires_at), "priority": v.priority,
         "note": v.note, "created_at": rfc3339(v.created_at), "voided_at": rfc3339(v.voided_at),
     }

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import httpx
 import typer
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+from vouchers.settings import ClientSettings
 
 
 def base_url() -> str:
     """SHUQI_BASE_URL, or the local default."""
-    return os.environ.get("SHUQI_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
+    return ClientSettings().base_url.rstrip("/")
 
 
 def api_key() -> str:
     """SHUQI_API_KEY; exits with a hint when unset."""
-    key = os.environ.get("SHUQI_API_KEY")
+    key = ClientSettings().api_key
     if not key:
         typer.echo("SHUQI_API_KEY is not set: ask your admin for a key (shuqi admin key create ID)", err=True)
         raise typer.Exit(2)
@@ -29,10 +27,10 @@ def api_key() -> str:
 
 def admin_token() -> str:
     """SHUQI_ADMIN_TOKEN, else the token the gateway wrote to $SHUQI_DATA_DIR/admin-token."""
-    token = os.environ.get("SHUQI_ADMIN_TOKEN")
-    if token:
-        return token
-    path = Path(os.environ.get("SHUQI_DATA_DIR", ".shuqi")) / "admin-token"
+    settings = ClientSettings()
+    if settings.admin_token:
+        return settings.admin_token
+    path = settings.data_dir / "admin-token"
     if path.exists():
         return path.read_text().strip()
     typer.echo(f"SHUQI_ADMIN_TOKEN is not set and {path} does not exist", err=True)

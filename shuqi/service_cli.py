@@ -28,7 +28,7 @@ def gateway(
 
     from gateway.app import create_app
     from gateway.server import tune_gc, uvicorn_config
-    from gateway.settings import GatewaySettings
+    from vouchers.settings import GatewaySettings
 
     settings = GatewaySettings()
     app = create_app(settings)

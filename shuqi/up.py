@@ -16,14 +16,14 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
 
-from vouchers.factory import open_store
-from vouchers.store import Store
+from vouchers.catalog import Catalog
+from vouchers.clock import Clock, SystemClock
+from vouchers.factory import Stores, open_stores
+from vouchers.settings import UpSettings
 from workers.engine import ModelSpec
 from workers.process import finish_tree, free_port, snapshot_tree
 from workers.service import WorkerSettings
@@ -36,54 +36,20 @@ _WORKER_START_TIMEOUT_S = 300.0
 _WORKER_STOP_TIMEOUT_S = 30.0
 
 
-@dataclass(frozen=True)
-class UpSettings:
-    """The environment of CONTRACT.md's `shuqi up` table, read once at the entry point."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    data_dir: Path = Path(".shuqi")
-    store: str = "sqlite"
-    logical_gpus: int | None = None  # None: Ray detects the GPUs
-    admin_token_set: bool = False
-    models_path: Path | None = None
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> UpSettings:
-        """Build from SHUQI_* variables."""
-        env = dict(os.environ if env is None else env)
-        gpus = env.get("SHUQI_LOGICAL_GPUS")
-        models = env.get("SHUQI_MODELS")
-        return cls(
-            host=env.get("SHUQI_HOST", "127.0.0.1"),
-            port=int(env.get("SHUQI_PORT", "8000")),
-            data_dir=Path(env.get("SHUQI_DATA_DIR", ".shuqi")),
-            store=env.get("SHUQI_STORE", "sqlite"),
-            logical_gpus=int(gpus) if gpus else None,
-            admin_token_set=bool(env.get("SHUQI_ADMIN_TOKEN")),
-            models_path=Path(models) if models else None,
-        )
-
-    def store_url(self) -> str:
-        """The store URL as workers in other processes must see it: SQLite by absolute path."""
-        if self.store == "sqlite":
-            return f"sqlite:///{(self.data_dir / 'ledger.db').resolve()}"
-        return self.store
-
-
-async def seed_prices(store: Store, specs: list[ModelSpec]) -> list[str]:
+async def seed_prices(catalog: Catalog, specs: list[ModelSpec]) -> list[str]:
     """Set each model's price from its spec where the store has none (an admin's PUT wins); names set."""
     seeded = []
     for spec in specs:
-        if await store.get_price(spec.name) is None:
-            await store.set_price(price_of(spec))
+        if await catalog.get_price(spec.name) is None:
+            await catalog.set_price(price_of(spec))
             seeded.append(spec.name)
     return seeded
 
 
 def worker_settings(settings: UpSettings) -> WorkerSettings:
     """The settings every worker of this stack gets."""
-    return WorkerSettings(store_url=settings.store_url(), data_dir=settings.data_dir.resolve())
+    return WorkerSettings(store_url=settings.store_url(), data_dir=settings.data_dir.resolve(),
+                          namespace=settings.namespace)
 
 
 def _start_ray(settings: UpSettings) -> str:
@@ -130,13 +96,13 @@ async def _stop_workers(handles: list[Any]) -> None:
             logger.warning("worker did not stop cleanly: %s", exc)
 
 
-async def _start_scheduler(store: Store, dashboard_url: str) -> None:
+async def _start_scheduler(stores: Stores, dashboard_url: str) -> None:
     """Hook for the scheduler issue: start the scheduler service here and return its stop coroutine.
 
-    It will get the store and the Ray dashboard URL (the Jobs API, token auth on). Until it exists,
+    It will get the stores and the Ray dashboard URL (the Jobs API, token auth on). Until it exists,
     the embedded stack runs without one and `/admin/v1/deployments` is not served.
     """
-    del store, dashboard_url
+    del stores, dashboard_url
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -156,18 +122,17 @@ class _EmbeddedServer(uvicorn.Server):
             self.ready.set()
 
 
-def _gateway_server(settings: UpSettings) -> _EmbeddedServer | None:
+def _gateway_server(settings: UpSettings, stores: Stores, clock: Clock) -> _EmbeddedServer | None:
     """The gateway's uvicorn server, not yet started; None while the gateway package is absent."""
     try:
         from gateway.app import create_app
         from gateway.server import uvicorn_config
-        from gateway.settings import GatewaySettings
     except ImportError as exc:
         logger.warning("gateway not available (%s); running without it", exc)
         return None
-    # GatewaySettings reads the same SHUQI_* environment as UpSettings, so both agree on host, port,
-    # data dir, store and admin token (and it writes the generated token to the data dir).
-    app = create_app(GatewaySettings())
+    # UpSettings is the gateway's settings too (it writes the generated admin token to the data dir);
+    # the gateway serves the stores `up` opened.
+    app = create_app(settings, stores, clock)
     return _EmbeddedServer(uvicorn_config(app, host=settings.host, port=settings.port, log_level="warning",
                                           lifespan="on"))
 
@@ -221,7 +186,7 @@ def _install_stop_signals(stop: asyncio.Event) -> None:
 
 async def run_up(settings: UpSettings, config: ModelConfig | None = None) -> int:
     """Run the embedded stack until SIGINT/SIGTERM; the exit code."""
-    config = config or load_config(settings.models_path)
+    config = config or load_config(settings.models)
     specs = [config.get(name) for name in config.up]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
@@ -249,9 +214,11 @@ async def _bring_up(
     settings: UpSettings, specs: list[ModelSpec], stop: asyncio.Event, stack: contextlib.AsyncExitStack
 ) -> int:
     """Start every part, registering its stop on `stack`; 0 when all runs, 1 if a part failed to start."""
-    store = await open_store(settings.store_url(), data_dir=settings.data_dir)
-    stack.push_async_callback(store.close)
-    seeded = await seed_prices(store, specs)
+    clock = SystemClock()
+    stores = await open_stores(settings.store_url(), data_dir=settings.data_dir, clock=clock,
+                               namespace=settings.namespace)
+    stack.push_async_callback(stores.close)  # registered first, so closed last: after the gateway
+    seeded = await seed_prices(stores.catalog, specs)
     logger.info("prices seeded from the model config: %s", seeded)
 
     # ray.init blocks for seconds; a thread keeps the loop (and the signal handlers) responsive.
@@ -268,9 +235,9 @@ async def _bring_up(
     if handles is None:
         return 0
     stack.push_async_callback(_stop_workers, handles)
-    await _start_scheduler(store, dashboard_url)
+    await _start_scheduler(stores, dashboard_url)
 
-    server = _gateway_server(settings)
+    server = _gateway_server(settings, stores, clock)
     if server is not None:
         serving = asyncio.create_task(_serve(server, stop))
         stack.push_async_callback(_stop_gateway, server, serving)
@@ -305,4 +272,4 @@ def up_main() -> int:
     """Entry point of `shuqi up`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe otherwise
-    return asyncio.run(run_up(UpSettings.from_env()))
+    return asyncio.run(run_up(UpSettings()))
