@@ -201,7 +201,7 @@ def start_shuqi(upstream: Service, work: Path) -> Target:
 _FALLBACK = """
 import uvicorn
 from gateway.app import create_app
-from gateway.settings import GatewaySettings
+from vouchers.settings import GatewaySettings
 s = GatewaySettings()
 uvicorn.run(create_app(s), host=s.host, port=s.port, loop="uvloop", http="httptools", access_log=False,
             log_level="warning")
@@ -218,27 +218,27 @@ def _shuqi_argv() -> tuple[list[str], str]:
 
 async def _seed(store_url: str, namespace: str, upstream: Service, work: Path) -> str:
     """A startup with a key, a large model voucher, a price and one worker at the fake upstream."""
-    from vouchers.factory import open_store
+    from vouchers.factory import open_stores
     from vouchers.keys import hash_secret, new_id, new_secret
     from vouchers.models import ApiKey, Price, WorkerRecord
     from vouchers.units import Kind, parse_amount, parse_price
 
-    store = await open_store(store_url, data_dir=work, namespace=namespace)
+    store = await open_stores(store_url, data_dir=work, namespace=namespace)
     try:
-        startup = await store.create_startup("bench", "Benchmark startup")
+        startup = await store.directory.create_startup("bench", "Benchmark startup")
         secret = new_secret()
         now = time.time()
-        await store.add_key(
+        await store.directory.add_key(
             ApiKey(id=new_id("key"), startup_id=startup.id, name="bench", key_hash=hash_secret(secret),
                    prefix=secret[:12], created_at=now)
         )
-        await store.grant(startup.id, Kind.MODEL, parse_amount("1000000", Kind.MODEL), note="benchmark")
-        await store.set_price(Price(MODEL, input_per_1m=parse_price("0.5"), output_per_1m=parse_price("1.5")))
+        await store.ledger.grant(startup.id, Kind.MODEL, parse_amount("1000000", Kind.MODEL), note="benchmark")
+        await store.catalog.set_price(Price(MODEL, input_per_1m=parse_price("0.5"), output_per_1m=parse_price("1.5")))
         worker = WorkerRecord(
             id="bench-fake", model=MODEL, url=f"http://127.0.0.1:{upstream.port}", engine="fake", capacity=4096,
             context_length=4096, health_path="/health", heartbeat_at=now,
         )
-        await store.register_worker(worker, ttl_s=7 * 86400)
+        await store.registry.register_worker(worker, ttl_s=7 * 86400)
     finally:
         await store.close()
     return secret
@@ -250,11 +250,11 @@ def charges(target: Target, since: float, until: float) -> int:
 
 
 async def _charges(store_url: str, namespace: str, since: float, until: float) -> int:
-    from vouchers.factory import open_store
+    from vouchers.factory import open_stores
 
-    store = await open_store(store_url, data_dir=Path("/nonexistent"), namespace=namespace)
+    store = await open_stores(store_url, data_dir=Path("/nonexistent"), namespace=namespace)
     try:
-        return len(await store.journal("bench", since=since, until=until))
+        return len(await store.journal.journal("bench", since=since, until=until))
     finally:
         await store.close()
 
@@ -265,13 +265,13 @@ def metered(target: Target) -> dict[str, int]:
 
 
 async def _metered(store_url: str, namespace: str) -> dict[str, int]:
-    from vouchers.factory import open_store
+    from vouchers.factory import open_stores
     from vouchers.units import Kind
 
-    store = await open_store(store_url, data_dir=Path("/nonexistent"), namespace=namespace)
+    store = await open_stores(store_url, data_dir=Path("/nonexistent"), namespace=namespace)
     try:
-        totals = [t for t in await store.usage_totals() if t.startup_id == "bench" and t.kind is Kind.MODEL]
-        balance = await store.balance("bench")
+        totals = [t for t in await store.journal.usage_totals() if t.startup_id == "bench" and t.kind is Kind.MODEL]
+        balance = await store.ledger.balance("bench")
     finally:
         await store.close()
     return {

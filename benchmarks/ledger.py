@@ -30,9 +30,8 @@ from urllib.parse import urlparse
 import redis.asyncio as aioredis
 
 from vouchers.clock import SystemClock
-from vouchers.factory import open_store
+from vouchers.factory import Stores, open_stores
 from vouchers.models import ChargeRef
-from vouchers.store import Store
 from vouchers.units import MAX_AMOUNT, Kind
 
 CONCURRENCIES = (1, 64)
@@ -40,12 +39,12 @@ REDIS_BENCHMARK = "/usr/bin/redis-benchmark"
 STARTUP = "bench"
 
 
-async def _worker(store: Store, stop_at: float, counts: list[int], index: int) -> None:
+async def _worker(store: Stores, stop_at: float, counts: list[int], index: int) -> None:
     ref = ChargeRef("bench", model="bench-model", prompt_tokens=10, completion_tokens=20)
     n = 0
     while time.monotonic() < stop_at:
-        hold = await store.reserve(STARTUP, Kind.MODEL, 1000, ttl_s=60, idempotency_key=f"w{index}-{n}")
-        await store.settle(hold.id, 900, ref)
+        hold = await store.ledger.reserve(STARTUP, Kind.MODEL, 1000, ttl_s=60, idempotency_key=f"w{index}-{n}")
+        await store.ledger.settle(hold.id, 900, ref)
         n += 1
     counts[index] = n
 
@@ -64,10 +63,10 @@ async def _server_cpu_s(url: str | None) -> float:
 
 async def _case(url: str, data_dir: Path, namespace: str, concurrency: int, seconds: float) -> dict[str, Any]:
     server = url if url.startswith("redis") else None
-    store = await open_store(url, data_dir=data_dir, clock=SystemClock(), namespace=namespace)
+    store = await open_stores(url, data_dir=data_dir, clock=SystemClock(), namespace=namespace)
     try:
-        await store.create_startup(STARTUP, "Benchmark")
-        await store.grant(STARTUP, Kind.MODEL, MAX_AMOUNT)
+        await store.directory.create_startup(STARTUP, "Benchmark")
+        await store.ledger.grant(STARTUP, Kind.MODEL, MAX_AMOUNT)
         # A short warm-up: connections opened, scripts cached, SQLite pages in memory.
         warm_until = time.monotonic() + 0.3
         await asyncio.gather(*(_worker(store, warm_until, [0] * concurrency, i) for i in range(concurrency)))
@@ -77,7 +76,7 @@ async def _case(url: str, data_dir: Path, namespace: str, concurrency: int, seco
         await asyncio.gather(*(_worker(store, wall0 + seconds, counts, i) for i in range(concurrency)))
         wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
         server_cpu = await _server_cpu_s(server) - server0
-        balance = await store.balance(STARTUP)
+        balance = await store.ledger.balance(STARTUP)
     finally:
         await store.close()
     pairs = max(sum(counts), 1)
@@ -112,7 +111,7 @@ async def _drop_namespace(url: str, namespace: str) -> None:
 
 def _sqlite_available() -> bool:
     try:
-        import vouchers.sqlite_store  # noqa: F401
+        import vouchers.sqlite_ledger  # noqa: F401
     except ImportError:
         return False
     return True

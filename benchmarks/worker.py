@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from vouchers.factory import open_store
+from vouchers.factory import open_stores
 from workers.process import free_port
 
 MODEL = "smollm2-135m"
@@ -66,9 +66,9 @@ async def _make_key(url: str, data_dir: Path) -> str:
 
 
 async def _worker_url(data_dir: Path) -> str:
-    store = await open_store("sqlite", data_dir=data_dir)
+    store = await open_stores("sqlite", data_dir=data_dir)
     try:
-        workers = await store.list_workers(MODEL)
+        workers = await store.registry.list_workers(MODEL)
     finally:
         await store.close()
     return workers[0].url

@@ -51,6 +51,8 @@ class PriceIn(_Body):
 class LimitsIn(_Body):
     rpm: Annotated[int | None, Field(ge=1)] = None
     tpm: Annotated[int | None, Field(ge=1)] = None
+    max_gpus: Annotated[int | None, Field(ge=1)] = None
+    max_queued_jobs: Annotated[int | None, Field(ge=1)] = None
 
 
 def _json(payload: object, status: int = 200) -> Response:
@@ -63,13 +65,13 @@ def _admin(request: Request) -> None:
 
 async def create_startup(request: Request, body: StartupIn) -> Response:
     """POST /admin/v1/startups: 201, or 409 when the id exists."""
-    s = await gateway_of(request).store.create_startup(body.id, body.name)
+    s = await gateway_of(request).stores.directory.create_startup(body.id, body.name)
     return _json(wire.startup(s), 201)
 
 
 async def list_startups(request: Request) -> Response:
     """GET /admin/v1/startups."""
-    startups = await gateway_of(request).store.list_startups()
+    startups = await gateway_of(request).stores.directory.list_startups()
     return _json({"object": "list", "data": [wire.startup(s) for s in startups]})
 
 
@@ -79,22 +81,22 @@ async def create_key(request: Request, startup_id: str, body: KeyIn | None = Non
     secret = new_secret()
     key = ApiKey(id=new_id("key"), startup_id=startup_id, name=body.name if body else "",
                  key_hash=hash_secret(secret), prefix=secret[:12], created_at=gw.clock.now())
-    stored = await gw.store.add_key(key)
+    stored = await gw.stores.directory.add_key(key)
     return _json({**wire.api_key(stored), "key": secret}, 201)
 
 
 async def list_keys(request: Request, startup_id: str) -> Response:
     """GET /admin/v1/startups/{id}/keys: the key records, without secrets."""
     gw = gateway_of(request)
-    if await gw.store.get_startup(startup_id) is None:
+    if await gw.stores.directory.get_startup(startup_id) is None:
         raise NotFound(f"No startup {startup_id!r}.", param="id")
-    keys = await gw.store.list_keys(startup_id)
+    keys = await gw.stores.directory.list_keys(startup_id)
     return _json({"object": "list", "data": [wire.api_key(k) for k in keys]})
 
 
 async def revoke_key(request: Request, key_id: str) -> Response:
     """DELETE /admin/v1/keys/{key_id}: the key stops working at once."""
-    await gateway_of(request).store.revoke_key(key_id)
+    await gateway_of(request).stores.directory.revoke_key(key_id)
     return Response(status_code=204)
 
 
@@ -114,23 +116,24 @@ async def grant_voucher(request: Request, startup_id: str, body: VoucherIn) -> R
         raise InvalidRequest("'amount' must be greater than zero", param="amount")
     expires = wire.parse_time(body.expires_at, "expires_at") if body.expires_at is not None else None
     effective = wire.parse_time(body.effective_at, "effective_at") if body.effective_at is not None else None
-    v = await gateway_of(request).store.grant(startup_id, kind, amount, effective_at=effective, expires_at=expires,
+    ledger = gateway_of(request).stores.ledger
+    v = await ledger.grant(startup_id, kind, amount, effective_at=effective, expires_at=expires,
                                               priority=body.priority, note=body.note)
     return _json(wire.voucher(v), 201)
 
 
 async def void_voucher(request: Request, voucher_id: str) -> Response:
     """POST /admin/v1/vouchers/{id}/void."""
-    return _json(wire.voucher(await gateway_of(request).store.void_voucher(voucher_id)))
+    return _json(wire.voucher(await gateway_of(request).stores.ledger.void_voucher(voucher_id)))
 
 
 async def startup_balance(request: Request, startup_id: str) -> Response:
     """GET /admin/v1/startups/{id}/balance."""
     gw = gateway_of(request)
-    if await gw.store.get_startup(startup_id) is None:
+    if await gw.stores.directory.get_startup(startup_id) is None:
         raise NotFound(f"No startup {startup_id!r}.", param="id")
     await gw.settled(startup_id)
-    return _json(wire.balance(await gw.store.balance(startup_id)))
+    return _json(wire.balance(await gw.stores.ledger.balance(startup_id)))
 
 
 async def set_price(request: Request, model: str, body: PriceIn) -> Response:
@@ -142,30 +145,32 @@ async def set_price(request: Request, model: str, body: PriceIn) -> Response:
             values[param] = parse_price(getattr(body, param))
         except ValueError as exc:
             raise InvalidRequest(f"'{param}': {exc}", param=param) from exc
-    price = await gw.store.set_price(Price(model=model, **values))
+    price = await gw.stores.catalog.set_price(Price(model=model, **values))
     gw.lookups.forget_price(model)
     return _json(wire.price(price))
 
 
 async def list_prices(request: Request) -> Response:
     """GET /admin/v1/prices."""
-    prices = await gateway_of(request).store.list_prices()
+    prices = await gateway_of(request).stores.catalog.list_prices()
     return _json({"object": "list", "data": [wire.price(p) for p in prices]})
 
 
 async def set_limits(request: Request, startup_id: str, body: LimitsIn) -> Response:
-    """PUT /admin/v1/startups/{id}/limits: requests and tokens per minute; null means no limit."""
+    """PUT /admin/v1/startups/{id}/limits: requests and tokens per minute, GPUs in use and jobs queued at once;
+    null means no limit."""
     gw = gateway_of(request)
-    if await gw.store.get_startup(startup_id) is None:
+    if await gw.stores.directory.get_startup(startup_id) is None:
         raise NotFound(f"No startup {startup_id!r}.", param="id")
-    limits = await gw.store.set_limits(startup_id, Limits(rpm=body.rpm, tpm=body.tpm))
+    limits = await gw.stores.catalog.set_limits(startup_id, Limits(rpm=body.rpm, tpm=body.tpm, max_gpus=body.max_gpus,
+                                                                                max_queued_jobs=body.max_queued_jobs))
     gw.lookups.forget_limits(startup_id)
     return _json(wire.limits(limits))
 
 
 async def get_limits(request: Request, startup_id: str) -> Response:
     """GET /admin/v1/startups/{id}/limits."""
-    return _json(wire.limits(await gateway_of(request).store.get_limits(startup_id)))
+    return _json(wire.limits(await gateway_of(request).stores.catalog.get_limits(startup_id)))
 
 
 def router() -> APIRouter:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from vouchers.ledger import Ledger
 from vouchers.models import ChargeRef, Hold, HoldStatus
-from vouchers.store import Store
 
 
 class Admission(Protocol):
@@ -28,7 +28,7 @@ class Admission(Protocol):
 class HeldRequest:
     """The exact path: a hold of this request's worst case, settled once."""
 
-    def __init__(self, store: Store, hold: Hold) -> None:
+    def __init__(self, store: Ledger, hold: Hold) -> None:
         self._store = store
         self.hold = hold
 

@@ -1,4 +1,5 @@
-"""The gateway app factory: the lifespan owns the store, the upstream pool and the background loops."""
+"""The gateway app factory: the lifespan owns the upstream pool and the background loops, and the stores
+when none were passed in."""
 
 from __future__ import annotations
 
@@ -20,14 +21,13 @@ from gateway.job_metrics import job_families
 from gateway.lookups import Lookups
 from gateway.pool import Pool
 from gateway.registry import WorkerTable
-from gateway.settings import GatewaySettings
 from gateway.upstream import open_session
 from vouchers.clock import Clock, SystemClock
 from vouchers.errors import ShuqiError
-from vouchers.factory import open_job_store, open_store
+from vouchers.factory import Stores, open_stores
 from vouchers.job_rules import parse_weights
 from vouchers.jobs import JobStatus
-from vouchers.store import Store
+from vouchers.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,12 @@ async def _stop(tasks: list[asyncio.Task[None]]) -> None:
 
 
 @asynccontextmanager
-async def _running(app: FastAPI, settings: GatewaySettings, store: Store | None, clock: Clock) -> AsyncIterator[None]:
+async def _running(app: FastAPI, settings: GatewaySettings, stores: Stores | None, clock: Clock) -> AsyncIterator[None]:
     async with AsyncExitStack() as stack:
-        if store is None:
-            store = await open_store(settings.store, data_dir=settings.data_dir, clock=clock,
-                                     namespace=settings.namespace)
-            stack.push_async_callback(store.close)
+        if stores is None:
+            stores = await open_stores(settings.store, data_dir=settings.data_dir, clock=clock,
+                                       namespace=settings.namespace)
+            stack.push_async_callback(stores.close)
         client = open_session(max_connections=settings.max_connections,
                               connect_timeout_s=settings.upstream_connect_timeout_s,
                               read_timeout_s=settings.upstream_read_timeout_s)
@@ -71,24 +71,21 @@ async def _running(app: FastAPI, settings: GatewaySettings, store: Store | None,
         pool = Pool(max_connections=settings.max_connections, connect_timeout_s=settings.upstream_connect_timeout_s,
                     read_timeout_s=settings.upstream_read_timeout_s)
         stack.push_async_callback(pool.close)
-        jobs = await open_job_store(settings.store, data_dir=settings.data_dir, clock=clock,
-                                    namespace=settings.namespace)
-        stack.push_async_callback(jobs.close)
-        workers = WorkerTable(store, client, health_timeout_s=settings.health_timeout_s)
-        gw = Gateway(settings=settings, store=store, clock=clock, client=client, pool=pool, workers=workers,
-                     lookups=Lookups(store, ttl_s=settings.price_cache_s), metrics=metrics.ServiceMetrics(),
-                     admin_token=settings.resolve_admin_token(), jobs=jobs,
+        workers = WorkerTable(stores.registry, client, health_timeout_s=settings.health_timeout_s)
+        gw = Gateway(settings=settings, stores=stores, clock=clock, client=client, pool=pool, workers=workers,
+                     lookups=Lookups(stores.catalog, ttl_s=settings.price_cache_s), metrics=metrics.ServiceMetrics(),
+                     admin_token=settings.resolve_admin_token(),
                      gpu_weights=parse_weights(settings.gpu_weights))
         app.state.gateway = gw
-        await store.watch(gw.on_event)
+        await stores.events.watch(gw.on_event)
         gw.listening = True
-        stack.push_async_callback(store.unwatch, gw.on_event)
+        stack.push_async_callback(stores.events.unwatch, gw.on_event)
         await workers.refresh()
         await workers.check_health()
         tasks = [
             asyncio.create_task(_every(settings.worker_refresh_s, "refresh workers", workers.refresh)),
             asyncio.create_task(_every(settings.health_interval_s, "health checks", workers.check_health)),
-            asyncio.create_task(_every(settings.reap_interval_s, "reap holds", store.reap_holds)),
+            asyncio.create_task(_every(settings.reap_interval_s, "reap holds", stores.ledger.reap_holds)),
             # Retired leases (a void, lost events) go back within this too, however long idle ones may stay.
             asyncio.create_task(_every(min(settings.lease_idle_s / 4, 0.25), "tend leases", gw.leases.tend)),
         ]
@@ -105,7 +102,7 @@ async def healthz(request: Request) -> Response:
     gw = gateway_of(request)
     missing: list[str] = []
     try:
-        await gw.store.list_prices()
+        await gw.stores.catalog.list_prices()
         store_ok = True
     except Exception:
         log.exception("store health check failed")
@@ -126,7 +123,8 @@ async def metrics_page(request: Request) -> Response:
     """GET /metrics in the Prometheus text format."""
     gw = gateway_of(request)
     await gw.settled()
-    text = await metrics.render(gw.store, gw.metrics, gw.workers.counts(), gw.clock.now())
+    s = gw.stores
+    text = await metrics.render(s.directory, s.ledger, s.journal, gw.metrics, gw.workers.counts(), gw.clock.now())
     active = await gw.jobs.list_jobs(statuses=(JobStatus.QUEUED, JobStatus.RUNNING), limit=10**9)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(metrics.Snapshot(job_families(active, await gw.jobs.capacity(), gw.clock.now())))
@@ -168,14 +166,15 @@ class _GatewayApp(FastAPI):
             return errors.unexpected_error(request)
 
 
-def create_app(settings: GatewaySettings, *, store: Store | None = None, clock: Clock | None = None,
+def create_app(settings: GatewaySettings, stores: Stores | None = None, clock: Clock | None = None, *,
                extra_metrics: list[CollectorRegistry] | None = None) -> FastAPI:
-    """Build the gateway. A store passed in stays the caller's to close; otherwise the app opens its own."""
+    """Build the gateway over `stores` (the caller's to close), or over stores it opens from `settings.store`
+    and closes itself (`shuqi gateway`). `clock` must be the one the stores were opened with."""
     the_clock = clock or SystemClock()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with _running(app, settings, store, the_clock):
+        async with _running(app, settings, stores, the_clock):
             app.state.gateway.extra_metrics.extend(extra_metrics or [])
             yield
 

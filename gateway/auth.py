@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from vouchers.directory import Directory
 from vouchers.errors import BAD_KEY, AuthenticationError
 from vouchers.events import EventKind, LedgerEvent
 from vouchers.keys import hash_secret
-from vouchers.store import Store
 
 _MAX_REMEMBERED = 100_000
 
@@ -90,7 +90,7 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
-async def startup_caller(store: Store, request: Request, book: KeyBook | None = None) -> Caller:
+async def startup_caller(store: Directory, request: Request, book: KeyBook | None = None) -> Caller:
     """The startup behind the request's key; 401 when the key is missing, unknown or revoked.
 
     Without a `book` the key is read from the store and checked now. With one, a key the replica has
@@ -113,7 +113,7 @@ async def startup_caller(store: Store, request: Request, book: KeyBook | None = 
     return caller
 
 
-async def verified(store: Store, request: Request, caller: Caller) -> Caller:
+async def verified(store: Directory, request: Request, caller: Caller) -> Caller:
     """`caller`, checked against the store now if it came from memory; 401 if the key was revoked."""
     if caller.verified:
         return caller

@@ -17,17 +17,17 @@ from gateway.lookups import Lookups
 from gateway.metrics import ServiceMetrics
 from gateway.pool import Pool
 from gateway.registry import WorkerTable
-from gateway.settings import GatewaySettings
 from vouchers.clock import Clock
 from vouchers.events import LedgerEvent
-from vouchers.factory import ClosableJobStore
-from vouchers.store import Store
+from vouchers.factory import Stores
+from vouchers.jobs import JobRecords
+from vouchers.settings import GatewaySettings
 
 
 @dataclass
 class Gateway:
     settings: GatewaySettings
-    store: Store
+    stores: Stores
     clock: Clock
     client: aiohttp.ClientSession  # health checks and token counts
     pool: Pool  # the proxied requests
@@ -35,7 +35,6 @@ class Gateway:
     lookups: Lookups
     metrics: ServiceMetrics
     admin_token: str
-    jobs: ClosableJobStore  # job records and what the scheduler publishes (capacity, estimates)
     gpu_weights: dict[str, int] = field(default_factory=dict)  # milli-weights per GPU type
     # Registries of parts served in this process (the scheduler under `shuqi up`), appended to /metrics.
     extra_metrics: list[CollectorRegistry] = field(default_factory=list)
@@ -47,12 +46,17 @@ class Gateway:
     def __post_init__(self) -> None:
         self.keys = KeyBook(trusted=self.events_flow)
         s = self.settings
-        self.leases = Leases(self.store, self.clock, requests=s.lease_requests, idle_s=s.lease_idle_s,
+        self.leases = Leases(self.stores.ledger, self.clock, requests=s.lease_requests, idle_s=s.lease_idle_s,
                              ttl_s=s.hold_ttl_s, events_flow=self.events_flow)
+
+    @property
+    def jobs(self) -> JobRecords:
+        """Job records and what the scheduler publishes (capacity, estimates), deployments."""
+        return self.stores.jobs
 
     def events_flow(self) -> bool:
         """True while every revocation and void reaches this replica before the admin call returns."""
-        return self.listening and self.store.watching
+        return self.listening and self.stores.events.watching
 
     def on_event(self, event: LedgerEvent | None) -> None:
         self.keys.on_event(event)

@@ -54,7 +54,7 @@ async def create_deployment(request: Request, body: DeploymentIn) -> Response:
     """POST /admin/v1/deployments: 201, PENDING until the scheduler has placed every replica."""
     gw = gateway_of(request)
     owner = None if body.owner == "shared" else body.owner
-    if owner is not None and await gw.store.get_startup(owner) is None:
+    if owner is not None and await gw.stores.directory.get_startup(owner) is None:
         raise InvalidRequest(f"no startup {owner!r}", param="owner")
     nodes = await gw.jobs.capacity() or []
     fits = [n for n in nodes if n.alive and n.gpus >= body.gpus and body.gpu_type in (None, n.gpu_type)]
@@ -68,7 +68,7 @@ async def create_deployment(request: Request, body: DeploymentIn) -> Response:
             price = Price(body.name, parse_price(body.input_per_1m), parse_price(body.output_per_1m))
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="input_per_1m") from exc
-        await gw.store.set_price(price)
+        await gw.stores.catalog.set_price(price)
     d = Deployment(id=new_id("dep"), name=body.name, engine=body.engine, model=body.model, gpus=body.gpus,
                    replicas=body.replicas, created_at=gw.clock.now(), owner=owner, gpu_type=body.gpu_type,
                    max_model_len=body.max_model_len, capacity=body.capacity)

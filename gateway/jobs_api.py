@@ -23,15 +23,9 @@ from starlette.routing import Route
 from gateway import wire
 from gateway.auth import startup_caller
 from gateway.context import Gateway, gateway_of
+from gateway.errors import IdempotencyMismatch, PayloadTooLarge, ServiceUnavailable
 from gateway.openai_api import read_body
-from vouchers.errors import (
-    IdempotencyMismatch,
-    InsufficientQuota,
-    InvalidRequest,
-    NotFound,
-    PayloadTooLarge,
-    ShuqiError,
-)
+from vouchers.errors import InsufficientQuota, InvalidRequest, NotFound
 from vouchers.job_rules import JobRequest, hold_ms, validate
 from vouchers.jobs import Job, JobStatus, QueueFull
 from vouchers.keys import new_id
@@ -39,12 +33,6 @@ from vouchers.units import Kind, format_amount
 
 _MAX_IDEMPOTENCY_KEY = 255
 _CANCEL_REASON = "cancelled by the startup"
-
-
-class SchedulerUnavailable(ShuqiError):
-    status = 503
-    type = "server_error"
-    code = "service_unavailable"
 
 
 class JobIn(BaseModel):
@@ -114,7 +102,7 @@ async def _shown(gw: Gateway, jobs: list[Job]) -> list[dict[str, Any]]:
 async def submit_job(request: Request) -> Response:
     """POST /v1/jobs: 201 with the job QUEUED; 429 insufficient_quota when compute vouchers do not cover it."""
     gw = gateway_of(request)
-    caller = await startup_caller(gw.store, request)
+    caller = await startup_caller(gw.stores.directory, request)
     s = gw.settings
     raw = await read_body(request, s.max_job_archive_bytes * 4 // 3 + 64 * 1024)
     body = _parse(raw)
@@ -124,7 +112,7 @@ async def submit_job(request: Request) -> Response:
     archive = _archive(body, s.max_job_archive_bytes)
     nodes = await gw.jobs.capacity()
     if nodes is None:
-        raise SchedulerUnavailable("The scheduler has not reported the cluster yet; try again shortly.",
+        raise ServiceUnavailable("The scheduler has not reported the cluster yet; try again shortly.",
                                    headers={"retry-after": "5"})
     spec = JobRequest(entrypoint=body.entrypoint, gpus=body.gpus, max_runtime_s=body.max_runtime_s,
                       gpu_type=body.gpu_type, name=body.name, env=body.env)
@@ -132,10 +120,10 @@ async def submit_job(request: Request) -> Response:
     amount = hold_ms(spec.gpus, spec.max_runtime_s, weight)
     job_id = new_id("job")
     try:
-        hold = await gw.store.reserve(caller.startup_id, Kind.COMPUTE, amount, ttl_s=s.job_hold_ttl_s,
+        hold = await gw.stores.ledger.reserve(caller.startup_id, Kind.COMPUTE, amount, ttl_s=s.job_hold_ttl_s,
                                       idempotency_key=f"job:{key or job_id}", key_id=caller.key_id)
     except InsufficientQuota:
-        available = (await gw.store.balance(caller.startup_id)).compute.remaining
+        available = (await gw.stores.ledger.balance(caller.startup_id)).compute.remaining
         raise InsufficientQuota(
             f"This job needs {format_amount(amount, Kind.COMPUTE)} GPU-hours of compute vouchers "
             f"({spec.gpus} GPU x {spec.max_runtime_s} s x weight {weight / 1000:g}); "
@@ -144,12 +132,12 @@ async def submit_job(request: Request) -> Response:
               max_runtime_s=spec.max_runtime_s, hold_id=hold.id, queued_at=gw.clock.now(), gpu_type=spec.gpu_type,
               name=spec.name, env=dict(spec.env or {}), weight_milli=weight, idempotency_key=key,
               has_archive=archive is not None)
-    limits = await gw.store.get_limits(caller.startup_id)
+    limits = await gw.stores.catalog.get_limits(caller.startup_id)
     try:
-        created = await gw.jobs.create(job, archive=archive, max_queued=getattr(limits, "max_queued_jobs", None))
+        created = await gw.jobs.create(job, archive=archive, max_queued=limits.max_queued_jobs)
     except QueueFull:
         if not hold.replayed:
-            await gw.store.release(hold.id)
+            await gw.stores.ledger.release(hold.id)
         raise
     if created.replayed:
         if (created.entrypoint, created.gpus, created.max_runtime_s, created.gpu_type) != (
@@ -164,7 +152,7 @@ async def submit_job(request: Request) -> Response:
 async def list_jobs(request: Request) -> Response:
     """GET /v1/jobs: the caller's jobs, newest first (`?status=QUEUED,RUNNING`, `?limit=`)."""
     gw = gateway_of(request)
-    caller = await startup_caller(gw.store, request)
+    caller = await startup_caller(gw.stores.directory, request)
     query = request.query_params
     statuses = None
     if "status" in query:
@@ -184,7 +172,7 @@ async def list_jobs(request: Request) -> Response:
 async def get_job(request: Request) -> Response:
     """GET /v1/jobs/{id}: one of the caller's jobs; another startup's is 404."""
     gw = gateway_of(request)
-    caller = await startup_caller(gw.store, request)
+    caller = await startup_caller(gw.stores.directory, request)
     job = await _own(gw, caller.startup_id, request.path_params["job_id"])
     return _json((await _shown(gw, [job]))[0])
 
@@ -192,7 +180,7 @@ async def get_job(request: Request) -> Response:
 async def cancel_job(request: Request) -> Response:
     """POST /v1/jobs/{id}/cancel: the job, now CANCELLED (or as it was, if it had already ended)."""
     gw = gateway_of(request)
-    caller = await startup_caller(gw.store, request)
+    caller = await startup_caller(gw.stores.directory, request)
     job = await _own(gw, caller.startup_id, request.path_params["job_id"])
     changes = {"ended_at": gw.clock.now(), "reason": _CANCEL_REASON}
     for _ in range(3):  # the scheduler may move it between our read and our write
@@ -201,7 +189,7 @@ async def cancel_job(request: Request) -> Response:
         moved = await gw.jobs.transition(job.id, job.status, JobStatus.CANCELLED, changes)
         if moved is not None:
             if job.status is JobStatus.QUEUED:
-                await gw.store.release(job.hold_id)
+                await gw.stores.ledger.release(job.hold_id)
             await gw.jobs.touch()  # a running one is stopped and settled by the scheduler
             job = moved
             break
@@ -212,7 +200,7 @@ async def cancel_job(request: Request) -> Response:
 async def job_logs(request: Request) -> Response:
     """GET /v1/jobs/{id}/logs: what the job printed (its tail), as text."""
     gw = gateway_of(request)
-    caller = await startup_caller(gw.store, request)
+    caller = await startup_caller(gw.stores.directory, request)
     job = await _own(gw, caller.startup_id, request.path_params["job_id"])
     return PlainTextResponse(await gw.jobs.logs(job.id) or "")
 

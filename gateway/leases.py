@@ -39,8 +39,8 @@ from typing import Any
 from vouchers.clock import Clock
 from vouchers.errors import Conflict, InsufficientQuota, NotFound
 from vouchers.events import EventKind, LedgerEvent
+from vouchers.ledger import Ledger
 from vouchers.models import ChargeRef, Hold
-from vouchers.store import Store
 from vouchers.units import Kind
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Lease:
 class Ticket:
     """One request admitted on a lease; the exchange charges or releases it once (`gateway.admission`)."""
 
-    def __init__(self, store: Store, lease: Lease, worst: int, key: str) -> None:
+    def __init__(self, store: Ledger, lease: Lease, worst: int, key: str) -> None:
         self._store = store
         self._lease = lease
         self._worst = worst
@@ -113,7 +113,7 @@ class Ticket:
 class Leases:
     """This replica's leases, one per startup, and the ones retired but still running requests."""
 
-    def __init__(self, store: Store, clock: Clock, *, requests: int, idle_s: float, ttl_s: float,
+    def __init__(self, store: Ledger, clock: Clock, *, requests: int, idle_s: float, ttl_s: float,
                  events_flow: Callable[[], bool]) -> None:
         self._store = store
         self._events_flow = events_flow  # True while the store's ledger events reach this replica

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 
+from vouchers.catalog import Catalog
 from vouchers.models import Limits, Price
-from vouchers.store import Store
 
 
 class Lookups:
     """Per-replica cache; an admin change on this replica applies at once, on others within `ttl_s`."""
 
-    def __init__(self, store: Store, *, ttl_s: float) -> None:
+    def __init__(self, store: Catalog, *, ttl_s: float) -> None:
         self._store = store
         self._ttl_s = ttl_s
         self._prices: dict[str, tuple[float, Price | None]] = {}

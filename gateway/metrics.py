@@ -11,8 +11,11 @@ from collections.abc import Iterable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from vouchers import rules
+from vouchers.directory import Directory
+from vouchers.journal import Journal
+from vouchers.ledger import Ledger
 from vouchers.models import Balance, UsageTotal
-from vouchers.store import Store
 from vouchers.units import MICRO_PER_CREDIT, Kind
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -72,7 +75,7 @@ def _ledger_families(balances: Iterable[Balance], totals: Iterable[UsageTotal], 
             credits[name].add_metric([b.startup_id], getattr(b.model, name) / MICRO_PER_CREDIT)
             gpu[name].add_metric([b.startup_id], getattr(b.compute, name) / 1000)
         for v in b.vouchers:
-            if v.expires_at is not None and v.in_force(now):
+            if v.expires_at is not None and rules.in_force(v, now):
                 expiry.add_metric([b.startup_id, v.id, v.kind.value], v.expires_at)
     spent = CounterMetricFamily("shuqi_credits_spent", "Credits debited", labels=["startup", "model"])
     gpu_spent = CounterMetricFamily("shuqi_gpu_seconds_spent", "GPU-seconds debited", labels=["startup", "gpu_type"])
@@ -94,10 +97,11 @@ def _worker_family(counts: dict[tuple[str, str], int]) -> Metric:
     return family
 
 
-async def render(store: Store, service: ServiceMetrics, workers: dict[tuple[str, str], int], now: float) -> bytes:
+async def render(directory: Directory, ledger: Ledger, journal: Journal, service: ServiceMetrics,
+                 workers: dict[tuple[str, str], int], now: float) -> bytes:
     """The /metrics page: ledger gauges read now from the store, then this process's own metrics."""
-    startups, totals = await asyncio.gather(store.list_startups(), store.usage_totals())
-    balances = await asyncio.gather(*(store.balance(s.id) for s in startups))
+    startups, totals = await asyncio.gather(directory.list_startups(), journal.usage_totals())
+    balances = await asyncio.gather(*(ledger.balance(s.id) for s in startups))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Snapshot([*_ledger_families(balances, totals, now), _worker_family(workers)]))
     return bytes(generate_latest(registry)) + bytes(generate_latest(service.registry))

@@ -11,15 +11,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import ratelimit, replay, tokens, validation, wire
+from gateway import errors, ratelimit, replay, tokens, validation, wire
 from gateway.admission import Admission, HeldRequest
 from gateway.auth import Caller, startup_caller, verified
 from gateway.context import Gateway, gateway_of
+from gateway.errors import PayloadTooLarge
 from gateway.metering import completion_budget, worst_case
 from gateway.proxy import Exchange
 from gateway.replay import Keeping
 from gateway.validation import Endpoint, ParsedRequest
-from vouchers.errors import AuthenticationError, Conflict, InvalidRequest, PayloadTooLarge, ShuqiError
+from vouchers.errors import AuthenticationError, Conflict, InvalidRequest, ShuqiError
 from vouchers.models import Hold, HoldStatus, Price, WorkerRecord
 from vouchers.units import Kind
 
@@ -91,7 +92,7 @@ async def _reserve(gw: Gateway, caller: Caller, request: Request, request_id: st
     idem = request.headers.get("idempotency-key")
     if idem is None:
         key = f"{caller.startup_id}:req:{request_id}"
-        hold = await gw.store.reserve(caller.startup_id, Kind.MODEL, amount, ttl_s=ttl, idempotency_key=key,
+        hold = await gw.stores.ledger.reserve(caller.startup_id, Kind.MODEL, amount, ttl_s=ttl, idempotency_key=key,
                                       key_id=caller.check_key)
         return hold, None
     if not idem or len(idem) > _MAX_IDEMPOTENCY_KEY:
@@ -103,7 +104,7 @@ async def _reserve(gw: Gateway, caller: Caller, request: Request, request_id: st
     # once) or is being answered now: the retry gets the kept answer, never a second run of the model.
     for attempt in range(_IDEMPOTENT_RETRIES):
         key = f"{caller.startup_id}:idem:{idem}#{attempt}"
-        hold = await gw.store.reserve(caller.startup_id, Kind.MODEL, amount, ttl_s=ttl, idempotency_key=key,
+        hold = await gw.stores.ledger.reserve(caller.startup_id, Kind.MODEL, amount, ttl_s=ttl, idempotency_key=key,
                                       key_id=caller.check_key)
         if hold.status is HoldStatus.RELEASED:
             continue
@@ -113,7 +114,7 @@ async def _reserve(gw: Gateway, caller: Caller, request: Request, request_id: st
             raise Conflict("A request with this Idempotency-Key is still being answered; it runs once. "
                            "Retry once it has finished.", param="Idempotency-Key",
                            headers={"x-should-retry": "false"})
-        raise Replayed(replay.replay(await gw.store.kept_answer(caller.startup_id, key), fp, headers))
+        raise Replayed(replay.replay(await gw.stores.answers.kept_answer(caller.startup_id, key), fp, headers))
     raise Conflict("This Idempotency-Key was used by too many failed requests; use a new key.",
                    param="Idempotency-Key")
 
@@ -126,7 +127,7 @@ async def _serve(request: Request, endpoint: Endpoint) -> Response:
     startup_id = model = ""
     caller: Caller | None = None
     try:
-        caller = await startup_caller(gw.store, request, gw.keys)
+        caller = await startup_caller(gw.stores.directory, request, gw.keys)
         startup_id = caller.startup_id
         try:
             raw = await read_body(request, gw.settings.max_body_bytes)
@@ -134,7 +135,7 @@ async def _serve(request: Request, endpoint: Endpoint) -> Response:
             model = parsed.model
             replicas = await gw.workers.replicas_for(model, startup_id, embeddings=endpoint is Endpoint.EMBEDDINGS)
         except ShuqiError:
-            await verified(gw.store, request, caller)  # a revoked key hears 401, not what else is wrong
+            await verified(gw.stores.directory, request, caller)  # a revoked key hears 401, not what else is wrong
             raise
         exchange = await _admit(gw, caller, request, request_id, parsed, raw, replicas, headers, started)
         return await exchange.run()
@@ -145,7 +146,7 @@ async def _serve(request: Request, endpoint: Endpoint) -> Response:
         if isinstance(exc, AuthenticationError) and caller is not None:
             gw.keys.forget(caller.key_id)
         exc.headers = {**headers, **exc.headers}
-        gw.metrics.requests.labels(startup_id, model, str(exc.status)).inc()
+        gw.metrics.requests.labels(startup_id, model, str(errors.status(exc))).inc()
         raise
 
 
@@ -164,7 +165,8 @@ async def _admit(gw: Gateway, caller: Caller, request: Request, request_id: str,
     limits = await gw.lookups.limits(startup_id)
     # Tokens per minute count a typical prompt size, not the safe bound the hold needs.
     rate_tokens = (prompt if exact else tokens.rough_estimate(raw)) + budget
-    rate_headers = await ratelimit.check(gw.store, startup_id, limits, tokens=rate_tokens, key_id=caller.check_key)
+    rate_headers = await ratelimit.check(gw.stores.rates, startup_id, limits, tokens=rate_tokens,
+                                         key_id=caller.check_key)
     if rate_headers:
         headers.update(rate_headers)
         caller = Caller(caller.startup_id, caller.key_id)  # the rate limit call checked the key
@@ -176,7 +178,7 @@ async def _admit(gw: Gateway, caller: Caller, request: Request, request_id: str,
         admission = await gw.leases.admit(startup_id, amount, f"{startup_id}:req:{request_id}")
     if admission is None:
         hold, keeping = await _reserve(gw, caller, request, request_id, amount, parsed, raw, headers)
-        admission = HeldRequest(gw.store, hold)
+        admission = HeldRequest(gw.stores.ledger, hold)
     return Exchange(gw, startup_id, parsed, request_id, price, admission, prompt, exact, replicas, headers,
                     started, keeping=keeping)
 
@@ -199,7 +201,7 @@ async def embeddings(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     """GET /v1/models: the models this caller may use, with their prices."""
     gw = gateway_of(request)
-    caller = await startup_caller(gw.store, request)
+    caller = await startup_caller(gw.stores.directory, request)
     await gw.workers.refresh()
     by_model: dict[str, list[WorkerRecord]] = {}
     for w in gw.workers.workers:
@@ -223,15 +225,15 @@ async def list_models(request: Request) -> Response:
 async def my_balance(request: Request) -> Response:
     """GET /v1/balance: the caller's own balance."""
     gw = gateway_of(request)
-    caller = await startup_caller(gw.store, request)
+    caller = await startup_caller(gw.stores.directory, request)
     await gw.settled(caller.startup_id)
-    return _json(wire.balance(await gw.store.balance(caller.startup_id)))
+    return _json(wire.balance(await gw.stores.ledger.balance(caller.startup_id)))
 
 
 async def my_usage(request: Request) -> Response:
     """GET /v1/usage?since=&until=&limit=: the caller's own ledger lines, oldest first."""
     gw = gateway_of(request)
-    caller = await startup_caller(gw.store, request)
+    caller = await startup_caller(gw.stores.directory, request)
     query = request.query_params
     since = wire.parse_time(query["since"], "since") if "since" in query else None
     until = wire.parse_time(query["until"], "until") if "until" in query else None
@@ -241,7 +243,7 @@ async def my_usage(request: Request) -> Response:
             raise InvalidRequest("'limit' must be a positive integer", param="limit")
         limit = int(query["limit"])
     await gw.settled(caller.startup_id)
-    lines = await gw.store.journal(caller.startup_id, since=since, until=until, limit=limit)
+    lines = await gw.stores.journal.journal(caller.startup_id, since=since, until=until, limit=limit)
     return _json({"object": "list", "data": [wire.journal_line(line) for line in lines]})
 
 

@@ -20,13 +20,13 @@ from starlette.types import Receive, Scope, Send
 from gateway import replay, tokens
 from gateway.admission import Admission
 from gateway.context import Gateway
-from gateway.errors import sse_error_event
+from gateway.errors import ModelUnavailable, UpstreamError, error_response, sse_error_event
 from gateway.metering import Usage, cost, usage_from
 from gateway.pool import Answer, UpstreamFailure
 from gateway.replay import Keeping, Kept
 from gateway.sse import StreamCounter
 from gateway.validation import ParsedRequest
-from vouchers.errors import InvalidRequest, ModelUnavailable, ShuqiError, UpstreamError
+from vouchers.errors import InvalidRequest, ShuqiError
 from vouchers.models import ChargeRef, Price, WorkerRecord
 
 log = logging.getLogger(__name__)
@@ -240,8 +240,7 @@ class Exchange:
         else:
             log.warning("upstream error %s", code, extra={"request_id": self.request_id})
             exc = UpstreamError(f"The model server failed ({code}); you were not charged.")
-        return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type="application/json",
-                        headers={**self.headers, **exc.headers})
+        return error_response(exc, self.headers)
 
     async def _relay(self, resp: Answer, first: bytes, counter: StreamCounter
                      ) -> AsyncGenerator[bytes, None]:
@@ -325,7 +324,7 @@ class Exchange:
         settings = self.gw.settings
         if answer is None or len(answer) > settings.answer_keep_max_bytes:
             kind, answer = Kept.NONE, b""
-        store, key, fp = self.gw.store, self.keeping.key, self.keeping.fingerprint
+        store, key, fp = self.gw.stores.answers, self.keeping.key, self.keeping.fingerprint
         budget = settings.answer_keep_budget_bytes
         try:
             kept = await store.keep_answer(self.startup_id, key, replay.encode(fp, kind, answer),

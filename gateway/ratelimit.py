@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from vouchers.errors import RateLimited
+from gateway.errors import RateLimited
 from vouchers.models import Limits, RateDecision
-from vouchers.store import Store
+from vouchers.rates import RateLimiter
 
 
 def _duration(seconds: float) -> str:
@@ -34,7 +34,7 @@ def headers(decision: RateDecision) -> dict[str, str]:
     return out
 
 
-async def check(store: Store, startup_id: str, limits: Limits, *, tokens: int, key_id: str | None = None
+async def check(store: RateLimiter, startup_id: str, limits: Limits, *, tokens: int, key_id: str | None = None
                 ) -> dict[str, str]:
     """Count one request of `tokens` against the startup's limits; RateLimited (429) when over.
 

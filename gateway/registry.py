@@ -9,10 +9,11 @@ import time
 import aiohttp
 
 from gateway import routing
+from gateway.errors import ModelNotFound, ModelUnavailable
 from gateway.upstream import STREAM_ERRORS
-from vouchers.errors import InvalidRequest, ModelNotFound, ModelUnavailable
+from vouchers.errors import InvalidRequest
 from vouchers.models import WorkerRecord
-from vouchers.store import Store
+from vouchers.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 class WorkerTable:
     """Workers read from the store about once a second, so the hot path never reads the store to route."""
 
-    def __init__(self, store: Store, client: aiohttp.ClientSession, *, health_timeout_s: float) -> None:
+    def __init__(self, store: Registry, client: aiohttp.ClientSession, *, health_timeout_s: float) -> None:
         self._store = store
         self._client = client
         self._health_timeout_s = health_timeout_s

@@ -16,7 +16,8 @@ from enum import StrEnum
 
 from starlette.responses import Response
 
-from vouchers.errors import Conflict, IdempotencyMismatch
+from gateway.errors import IdempotencyMismatch
+from vouchers.errors import Conflict
 
 _MAGIC = b"shuqi-kept/1 "
 PARAM = "Idempotency-Key"

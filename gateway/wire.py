@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from vouchers import rules
 from vouchers.deployments import Deployment
 from vouchers.errors import InvalidRequest
 from vouchers.jobs import Estimate, Job, JobStatus
@@ -51,7 +52,7 @@ def voucher(v: Voucher) -> dict[str, Any]:
     return {
         "id": v.id, "object": "voucher", "startup": v.startup_id, "kind": v.kind.value,
         "amount": format_amount(v.amount, v.kind), "spent": format_amount(v.spent, v.kind),
-        "held": format_amount(v.held, v.kind), "remaining": format_amount(max(v.free, 0), v.kind),
+        "held": format_amount(v.held, v.kind), "remaining": format_amount(max(rules.free(v), 0), v.kind),
         "effective_at": rfc3339(v.effective_at), "expires_at": rfc3339(v.expires_at), "priority": v.priority,
         "note": v.note, "created_at": rfc3339(v.created_at), "voided_at": rfc3339(v.voided_at),
     }
@@ -90,7 +91,7 @@ def price(p: Price) -> dict[str, str]:
 
 
 def limits(lim: Limits) -> dict[str, int | None]:
-    return {"rpm": lim.rpm, "tpm": lim.tpm}
+    return {"rpm": lim.rpm, "tpm": lim.tpm, "max_gpus": lim.max_gpus, "max_queued_jobs": lim.max_queued_jobs}
 
 
 def job(j: Job, estimate: Estimate | None = None) -> dict[str, Any]:

@@ -16,8 +16,9 @@ from scheduler.fairshare import decayed
 from scheduler.metering import charged_ms
 from vouchers.errors import Conflict, InsufficientQuota, NotFound
 from vouchers.jobs import Job, JobStore, SchedulerState, Usage
+from vouchers.ledger import Ledger
 from vouchers.models import ChargeRef, Hold, HoldStatus
-from vouchers.store import Store
+from vouchers.rules import in_force
 from vouchers.units import Kind
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def elapsed_s(m: Metered, until: float) -> float:
 class Charger:
     """Debits jobs' GPU time from their holds and keeps the startups' fair-share usage."""
 
-    def __init__(self, ledger: Store, jobs: JobStore, state: SchedulerState, *, half_life_s: float) -> None:
+    def __init__(self, ledger: Ledger, jobs: JobStore, state: SchedulerState, *, half_life_s: float) -> None:
         self._ledger = ledger
         self._jobs = jobs
         self._state = state
@@ -147,7 +148,7 @@ class Charger:
 
     async def _covered(self, hold: Hold, now: float) -> int:
         vouchers = {v.id: v for v in await self._ledger.list_vouchers(hold.startup_id, Kind.COMPUTE)}
-        return sum(amount for vid, amount in hold.allocations if vid in vouchers and vouchers[vid].in_force(now))
+        return sum(amount for vid, amount in hold.allocations if vid in vouchers and in_force(vouchers[vid], now))
 
     def _ref(self, m: Metered) -> ChargeRef:
         return ChargeRef(reference=m.key, model=None, gpu_type=m.gpu_type)

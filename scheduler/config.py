@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vouchers.job_rules import DEFAULT_GPU_TYPE, parse_weights
+from vouchers.settings import SchedulerSettings
 
 
 @dataclass(frozen=True)
@@ -28,25 +25,8 @@ class SchedulerConfig:
     recover_limit: int = 1000  # ended jobs a new leader checks for a hold left open
 
 
-class SchedulerSettings(BaseSettings):
-    """The scheduler's SHUQI_* environment, read once at the entry point (`shuqi scheduler`, `shuqi up`)."""
-
-    model_config = SettingsConfigDict(env_prefix="SHUQI_", extra="ignore")
-
-    store: str = "sqlite"
-    data_dir: Path = Path(".shuqi")
-    namespace: str = "shuqi"
-    ray_dashboard: str = "http://127.0.0.1:8265"  # the Ray cluster's dashboard (its Jobs API)
-    gpu_weights: str = ""  # "a100=2,t4=0.5"; the default type weighs 1
-    max_job_runtime_s: int = Field(default=7 * 86_400, ge=1)
-    fair_share_half_life_s: float = Field(default=7 * 86_400.0, gt=0)
-    scheduler_tick_s: float = Field(default=1.0, gt=0)
-    scheduler_lease_ttl_s: float = Field(default=6.0, gt=0)
-    scheduler_metrics_port: int = Field(default=9464, ge=0)  # 0: no metrics endpoint of its own
-    job_hold_ttl_s: float = Field(default=3600.0, gt=0)
-    ray_timeout_s: float = Field(default=10.0, gt=0)
-
-    def config(self) -> SchedulerConfig:
-        return SchedulerConfig(gpu_weights=parse_weights(self.gpu_weights), max_runtime_s=self.max_job_runtime_s,
-                               half_life_s=self.fair_share_half_life_s, tick_s=self.scheduler_tick_s,
-                               lease_ttl_s=self.scheduler_lease_ttl_s, hold_ttl_s=self.job_hold_ttl_s)
+def config_of(settings: SchedulerSettings) -> SchedulerConfig:
+    """The service's view of its settings."""
+    return SchedulerConfig(gpu_weights=parse_weights(settings.gpu_weights), max_runtime_s=settings.max_job_runtime_s,
+                           half_life_s=settings.fair_share_half_life_s, tick_s=settings.scheduler_tick_s,
+                           lease_ttl_s=settings.scheduler_lease_ttl_s, hold_ttl_s=settings.job_hold_ttl_s)

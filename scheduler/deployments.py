@@ -30,8 +30,8 @@ from vouchers.clock import Clock
 from vouchers.deployments import Deployment, DeploymentState, DeploymentStore
 from vouchers.errors import Conflict, InsufficientQuota
 from vouchers.job_rules import hold_ms, weight_of
+from vouchers.ledger import Ledger
 from vouchers.models import HoldStatus
-from vouchers.store import Store
 from vouchers.units import Kind
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def place(d: Deployment, nodes: list[Node], running: list[Reservation]) -> tuple
 class Deployer:
     """Starts, meters and stops deployments, once per scheduler pass."""
 
-    def __init__(self, *, store: DeploymentStore, ledger: Store, cluster: Executor, charger: Charger,
+    def __init__(self, *, store: DeploymentStore, ledger: Ledger, cluster: Executor, charger: Charger,
                  weights: Mapping[str, int], launch: WorkerLaunch, clock: Clock) -> None:
         self._store = store
         self._ledger = ledger

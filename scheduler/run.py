@@ -18,15 +18,15 @@ from collections.abc import Mapping
 
 from prometheus_client import start_http_server
 
-from scheduler.config import SchedulerSettings
+from scheduler.config import config_of
 from scheduler.deployments import WorkerLaunch
 from scheduler.metrics import SchedulerMetrics
 from scheduler.ray_cluster import RayCluster
 from scheduler.ray_jobs import RayJobs
 from scheduler.service import Scheduler
 from vouchers.clock import Clock, SystemClock
-from vouchers.factory import ClosableJobStore, open_job_store, open_store
-from vouchers.store import Store
+from vouchers.factory import Stores, open_stores
+from vouchers.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,32 +36,28 @@ def instance_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def build(settings: SchedulerSettings, *, ledger: Store, jobs: ClosableJobStore, token: str | None,
-          clock: Clock, worker_env: Mapping[str, str]) -> Scheduler:
+def build(settings: SchedulerSettings, stores: Stores, *, token: str | None, clock: Clock,
+          worker_env: Mapping[str, str]) -> Scheduler:
     """A scheduler over these stores and the settings' Ray cluster (not yet running)."""
     instance = instance_name()
     ray = RayJobs(settings.ray_dashboard, token, timeout_s=settings.ray_timeout_s)
-    return Scheduler(jobs=jobs, state=jobs, ledger=ledger, cluster=RayCluster(ray), config=settings.config(),
-                     clock=clock, instance=instance, metrics=SchedulerMetrics(instance), deployments=jobs,
-                     launch=WorkerLaunch(python=sys.executable, env=worker_env))
+    return Scheduler(jobs=stores.jobs, state=stores.jobs, ledger=stores.ledger, catalog=stores.catalog,
+                     cluster=RayCluster(ray),
+                     config=config_of(settings), clock=clock, instance=instance, metrics=SchedulerMetrics(instance),
+                     deployments=stores.jobs, launch=WorkerLaunch(python=sys.executable, env=worker_env))
 
 
 def worker_env(settings: SchedulerSettings) -> dict[str, str]:
     """What a deployment replica's worker needs to find the store: operator workloads, never tenants' jobs."""
-    store = settings.store
-    if store == "sqlite":
-        store = f"sqlite:///{(settings.data_dir / 'ledger.db').resolve()}"
-    return {"SHUQI_STORE": store, "SHUQI_DATA_DIR": str(settings.data_dir.resolve()),
+    return {"SHUQI_STORE": settings.store_url(), "SHUQI_DATA_DIR": str(settings.data_dir.resolve()),
             "SHUQI_NAMESPACE": settings.namespace}
 
 
 async def run(settings: SchedulerSettings, token: str | None) -> int:
     """Serve until SIGINT/SIGTERM."""
     clock = SystemClock()
-    ledger = await open_store(settings.store, data_dir=settings.data_dir, clock=clock, namespace=settings.namespace)
-    jobs = await open_job_store(settings.store, data_dir=settings.data_dir, clock=clock,
-                                namespace=settings.namespace)
-    scheduler = build(settings, ledger=ledger, jobs=jobs, token=token, clock=clock, worker_env=worker_env(settings))
+    stores = await open_stores(settings.store, data_dir=settings.data_dir, clock=clock, namespace=settings.namespace)
+    scheduler = build(settings, stores, token=token, clock=clock, worker_env=worker_env(settings))
     if settings.scheduler_metrics_port:
         start_http_server(settings.scheduler_metrics_port, addr="127.0.0.1", registry=scheduler.metrics.registry)
     stop = asyncio.Event()
@@ -76,6 +72,5 @@ async def run(settings: SchedulerSettings, token: str | None) -> int:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await jobs.close()
-        await ledger.close()
+        await stores.close()
     return 0

@@ -30,12 +30,13 @@ from scheduler.deployments import Deployer, WorkerLaunch
 from scheduler.executor import Executor
 from scheduler.metrics import SchedulerMetrics
 from scheduler.reconcile import Action, Seen, Verdict, judge
+from vouchers.catalog import Catalog
 from vouchers.clock import Clock
 from vouchers.deployments import DeploymentStore
 from vouchers.job_rules import NodeInfo, hold_ms, weight_of
 from vouchers.jobs import Estimate, Job, JobStatus, JobStore, SchedulerState
+from vouchers.ledger import Ledger
 from vouchers.models import HoldStatus
-from vouchers.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,14 @@ class PassReport:
 class Scheduler:
     """Runs until cancelled; see the module docstring."""
 
-    def __init__(self, *, jobs: JobStore, state: SchedulerState, ledger: Store, cluster: Executor,
+    def __init__(self, *, jobs: JobStore, state: SchedulerState, ledger: Ledger, catalog: Catalog, cluster: Executor,
                  config: SchedulerConfig, clock: Clock, instance: str,
                  metrics: SchedulerMetrics | None = None, deployments: DeploymentStore | None = None,
                  launch: WorkerLaunch | None = None) -> None:
         self._jobs = jobs
         self._state = state
         self._ledger = ledger
+        self._catalog = catalog
         self._cluster = cluster
         self._config = config
         self._clock = clock
@@ -256,8 +258,7 @@ class Scheduler:
     async def _caps(self, startups: set[str]) -> dict[str, int | None]:
         caps: dict[str, int | None] = {}
         for startup in startups:
-            limits = await self._ledger.get_limits(startup)
-            caps[startup] = getattr(limits, "max_gpus", None)
+            caps[startup] = (await self._catalog.get_limits(startup)).max_gpus
         return caps
 
     async def _start(self, job: Job, node_id: str, gpu_type: str, now: float) -> Job | None:

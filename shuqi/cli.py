@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from shuqi import client_cli, job_cli, service_cli
+from shuqi import client_cli, config_cli, job_cli, service_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="shuqi: vouchers for shared models and GPUs")
 service_cli.register(app)
 client_cli.register(app)
 job_cli.register(app)
+config_cli.register(app)
 
 
 def main() -> None:

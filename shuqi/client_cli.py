@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import httpx
 import typer
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+from vouchers.settings import ClientSettings
 
 
 def base_url() -> str:
     """SHUQI_BASE_URL, or the local default."""
-    return os.environ.get("SHUQI_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
+    return ClientSettings().base_url.rstrip("/")
 
 
 def api_key() -> str:
     """SHUQI_API_KEY; exits with a hint when unset."""
-    key = os.environ.get("SHUQI_API_KEY")
+    key = ClientSettings().api_key
     if not key:
         typer.echo("SHUQI_API_KEY is not set: ask your admin for a key (shuqi admin key create ID)", err=True)
         raise typer.Exit(2)
@@ -29,10 +27,10 @@ def api_key() -> str:
 
 def admin_token() -> str:
     """SHUQI_ADMIN_TOKEN, else the token the gateway wrote to $SHUQI_DATA_DIR/admin-token."""
-    token = os.environ.get("SHUQI_ADMIN_TOKEN")
-    if token:
-        return token
-    path = Path(os.environ.get("SHUQI_DATA_DIR", ".shuqi")) / "admin-token"
+    settings = ClientSettings()
+    if settings.admin_token:
+        return settings.admin_token
+    path = settings.data_dir / "admin-token"
     if path.exists():
         return path.read_text().strip()
     typer.echo(f"SHUQI_ADMIN_TOKEN is not set and {path} does not exist", err=True)
@@ -156,10 +154,14 @@ def price_set(model: str = typer.Argument(...), input_per_1m: str = typer.Option
 
 
 def limits_set(startup_id: str = typer.Argument(...), rpm: int | None = typer.Option(None, "--rpm"),
-               tpm: int | None = typer.Option(None, "--tpm")) -> None:
-    """Set a startup's requests and tokens per minute (omit one for no limit)."""
-    lim = call("PUT", f"/admin/v1/startups/{startup_id}/limits", admin_token(), body={"rpm": rpm, "tpm": tpm})
-    typer.echo(f"{startup_id}: rpm {lim['rpm']}, tpm {lim['tpm']}")
+               tpm: int | None = typer.Option(None, "--tpm"),
+               max_gpus: int | None = typer.Option(None, "--max-gpus", help="GPUs its jobs may hold at once"),
+               max_queued_jobs: int | None = typer.Option(None, "--max-queued-jobs", help="jobs it may queue")) -> None:
+    """Set a startup's limits (omit one for no limit): requests and tokens per minute, GPUs and queued jobs."""
+    body = {"rpm": rpm, "tpm": tpm, "max_gpus": max_gpus, "max_queued_jobs": max_queued_jobs}
+    lim = call("PUT", f"/admin/v1/startups/{startup_id}/limits", admin_token(), body=body)
+    typer.echo(f"{startup_id}: rpm {lim['rpm']}, tpm {lim['tpm']}, max_gpus {lim['max_gpus']}, "
+               f"max_queued_jobs {lim['max_queued_jobs']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""Service commands: `shuqi up` (the embedded stack), `shuqi gateway`, `shuqi worker`."""
+"""Service commands: `shuqi up` (the embedded stack), `shuqi gateway`, `shuqi scheduler`, `shuqi worker`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ def register(app: typer.Typer) -> None:
     """Add the service commands to the root app."""
     app.command("up")(up)
     app.command("gateway")(gateway)
+    app.command("scheduler")(scheduler)
     app.command("worker")(worker)
 
 
@@ -28,13 +29,26 @@ def gateway(
 
     from gateway.app import create_app
     from gateway.server import tune_gc, uvicorn_config
-    from gateway.settings import GatewaySettings
+    from vouchers.settings import GatewaySettings
 
     settings = GatewaySettings()
     app = create_app(settings)
     server = uvicorn.Server(uvicorn_config(app, host=host or settings.host, port=port or settings.port))
     tune_gc()
     server.run()
+
+
+def scheduler() -> None:
+    """Run one scheduler on the Ray cluster at SHUQI_RAY_DASHBOARD; two on one Redis store lead and stand by."""
+    import asyncio
+    import logging
+
+    from scheduler.ray_jobs import read_token
+    from scheduler.run import run
+    from vouchers.settings import SchedulerSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise typer.Exit(asyncio.run(run(SchedulerSettings(), read_token())))
 
 
 def worker(model: str = typer.Option(..., "--model", help="a model name from the model config")) -> None:

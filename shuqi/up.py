@@ -16,14 +16,14 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
 
-from vouchers.factory import open_store
-from vouchers.store import Store
+from vouchers.catalog import Catalog
+from vouchers.clock import Clock, SystemClock
+from vouchers.factory import Stores, open_stores
+from vouchers.settings import UpSettings
 from workers.engine import ModelSpec
 from workers.process import finish_tree, free_port, snapshot_tree
 from workers.service import WorkerSettings
@@ -36,54 +36,20 @@ _WORKER_START_TIMEOUT_S = 300.0
 _WORKER_STOP_TIMEOUT_S = 30.0
 
 
-@dataclass(frozen=True)
-class UpSettings:
-    """The environment of CONTRACT.md's `shuqi up` table, read once at the entry point."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    data_dir: Path = Path(".shuqi")
-    store: str = "sqlite"
-    logical_gpus: int | None = None  # None: Ray detects the GPUs
-    admin_token_set: bool = False
-    models_path: Path | None = None
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> UpSettings:
-        """Build from SHUQI_* variables."""
-        env = dict(os.environ if env is None else env)
-        gpus = env.get("SHUQI_LOGICAL_GPUS")
-        models = env.get("SHUQI_MODELS")
-        return cls(
-            host=env.get("SHUQI_HOST", "127.0.0.1"),
-            port=int(env.get("SHUQI_PORT", "8000")),
-            data_dir=Path(env.get("SHUQI_DATA_DIR", ".shuqi")),
-            store=env.get("SHUQI_STORE", "sqlite"),
-            logical_gpus=int(gpus) if gpus else None,
-            admin_token_set=bool(env.get("SHUQI_ADMIN_TOKEN")),
-            models_path=Path(models) if models else None,
-        )
-
-    def store_url(self) -> str:
-        """The store URL as workers in other processes must see it: SQLite by absolute path."""
-        if self.store == "sqlite":
-            return f"sqlite:///{(self.data_dir / 'ledger.db').resolve()}"
-        return self.store
-
-
-async def seed_prices(store: Store, specs: list[ModelSpec]) -> list[str]:
+async def seed_prices(catalog: Catalog, specs: list[ModelSpec]) -> list[str]:
     """Set each model's price from its spec where the store has none (an admin's PUT wins); names set."""
     seeded = []
     for spec in specs:
-        if await store.get_price(spec.name) is None:
-            await store.set_price(price_of(spec))
+        if await catalog.get_price(spec.name) is None:
+            await catalog.set_price(price_of(spec))
             seeded.append(spec.name)
     return seeded
 
 
 def worker_settings(settings: UpSettings) -> WorkerSettings:
     """The settings every worker of this stack gets."""
-    return WorkerSettings(store_url=settings.store_url(), data_dir=settings.data_dir.resolve())
+    return WorkerSettings(store_url=settings.store_url(), data_dir=settings.data_dir.resolve(),
+                          namespace=settings.namespace)
 
 
 def _start_ray(settings: UpSettings) -> str:
@@ -130,20 +96,14 @@ async def _stop_workers(handles: list[Any]) -> None:
             logger.warning("worker did not stop cleanly: %s", exc)
 
 
-async def _start_scheduler(settings: UpSettings, store: Store, dashboard_url: str,
+async def _start_scheduler(settings: UpSettings, stores: Stores, clock: Clock, dashboard_url: str,
                            stack: contextlib.AsyncExitStack) -> Any:
-    """The scheduler on the local Ray head, in this process; its stop is on `stack`."""
-    from scheduler.config import SchedulerSettings
+    """The scheduler on the local Ray head, in this process, over the stores `up` opened; its stop is on `stack`."""
+    from scheduler.ray_jobs import read_token
     from scheduler.run import build, worker_env
-    from vouchers.clock import SystemClock
-    from vouchers.factory import open_job_store
 
-    sched = SchedulerSettings(store=settings.store_url(), data_dir=settings.data_dir.resolve(),
-                              ray_dashboard=dashboard_url)
-    jobs = await open_job_store(sched.store, data_dir=sched.data_dir)
-    stack.push_async_callback(jobs.close)
-    scheduler = build(sched, ledger=store, jobs=jobs, token=ray_token(), clock=SystemClock(),
-                      worker_env=worker_env(sched))
+    sched = settings.model_copy(update={"ray_dashboard": dashboard_url})
+    scheduler = build(sched, stores, token=read_token(), clock=clock, worker_env=worker_env(sched))
     task = asyncio.create_task(scheduler.run())
 
     async def stop() -> None:
@@ -153,12 +113,6 @@ async def _start_scheduler(settings: UpSettings, store: Store, dashboard_url: st
 
     stack.push_async_callback(stop)
     return scheduler
-
-
-def ray_token() -> str | None:
-    """The local Ray cluster's token (token auth is on for clusters `ray.init` starts)."""
-    path = Path.home() / ".ray" / "auth_token"
-    return path.read_text().strip() if path.exists() else None
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -178,18 +132,18 @@ class _EmbeddedServer(uvicorn.Server):
             self.ready.set()
 
 
-def _gateway_server(settings: UpSettings, extra_metrics: list[Any]) -> _EmbeddedServer | None:
+def _gateway_server(settings: UpSettings, stores: Stores, clock: Clock,
+                    extra_metrics: list[Any]) -> _EmbeddedServer | None:
     """The gateway's uvicorn server, not yet started; None while the gateway package is absent."""
     try:
         from gateway.app import create_app
         from gateway.server import uvicorn_config
-        from gateway.settings import GatewaySettings
     except ImportError as exc:
         logger.warning("gateway not available (%s); running without it", exc)
         return None
-    # GatewaySettings reads the same SHUQI_* environment as UpSettings, so both agree on host, port,
-    # data dir, store and admin token (and it writes the generated token to the data dir).
-    app = create_app(GatewaySettings(require_scheduler=True), extra_metrics=extra_metrics)
+    # UpSettings is the gateway's settings too (it writes the generated admin token to the data dir);
+    # the gateway serves the stores `up` opened.
+    app = create_app(settings, stores, clock, extra_metrics=extra_metrics)
     return _EmbeddedServer(uvicorn_config(app, host=settings.host, port=settings.port, log_level="warning",
                                           lifespan="on"))
 
@@ -246,7 +200,7 @@ def _install_stop_signals(stop: asyncio.Event) -> None:
 
 async def run_up(settings: UpSettings, config: ModelConfig | None = None) -> int:
     """Run the embedded stack until SIGINT/SIGTERM; the exit code."""
-    config = config or load_config(settings.models_path)
+    config = config or load_config(settings.models)
     specs = [config.get(name) for name in config.up]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
@@ -274,9 +228,11 @@ async def _bring_up(
     settings: UpSettings, specs: list[ModelSpec], stop: asyncio.Event, stack: contextlib.AsyncExitStack
 ) -> int:
     """Start every part, registering its stop on `stack`; 0 when all runs, 1 if a part failed to start."""
-    store = await open_store(settings.store_url(), data_dir=settings.data_dir)
-    stack.push_async_callback(store.close)
-    seeded = await seed_prices(store, specs)
+    clock = SystemClock()
+    stores = await open_stores(settings.store_url(), data_dir=settings.data_dir, clock=clock,
+                               namespace=settings.namespace)
+    stack.push_async_callback(stores.close)  # registered first, so closed last: after the gateway
+    seeded = await seed_prices(stores.catalog, specs)
     logger.info("prices seeded from the model config: %s", seeded)
 
     # ray.init blocks for seconds; a thread keeps the loop (and the signal handlers) responsive.
@@ -293,9 +249,9 @@ async def _bring_up(
     if handles is None:
         return 0
     stack.push_async_callback(_stop_workers, handles)
-    scheduler = await _start_scheduler(settings, store, dashboard_url, stack)
+    scheduler = await _start_scheduler(settings, stores, clock, dashboard_url, stack)
 
-    server = _gateway_server(settings, [scheduler.metrics.registry])
+    server = _gateway_server(settings, stores, clock, [scheduler.metrics.registry])
     if server is not None:
         serving = asyncio.create_task(_serve(server, stop))
         stack.push_async_callback(_stop_gateway, server, serving)
@@ -330,4 +286,4 @@ def up_main() -> int:
     """Entry point of `shuqi up`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe otherwise
-    return asyncio.run(run_up(UpSettings.from_env()))
+    return asyncio.run(run_up(UpSettings()))

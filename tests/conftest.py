@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from vouchers.clock import ManualClock
-from vouchers.factory import open_store
-from vouchers.store import Store
+from vouchers.factory import Stores, open_stores
 
 BACKENDS = ["sqlite", "redis"]
 
@@ -54,9 +53,9 @@ def namespace() -> str:
 
 
 @pytest.fixture
-async def store(backend: str, tmp_path: Path, clock: ManualClock, namespace: str) -> AsyncIterator[Store]:
+async def store(backend: str, tmp_path: Path, clock: ManualClock, namespace: str) -> AsyncIterator[Stores]:
     """A fresh, empty store on the backend under test, driven by a manual clock."""
-    s = await open_store(store_url(backend, tmp_path), data_dir=tmp_path, clock=clock, namespace=namespace)
+    s = await open_stores(store_url(backend, tmp_path), data_dir=tmp_path, clock=clock, namespace=namespace)
     try:
         yield s
     finally:

@@ -1,27 +1,23 @@
-"""One error hierarchy for the whole product; each error knows its HTTP status and OpenAI shape.
+"""The domain errors of the ledger and its stores, one hierarchy for the whole product.
 
     ShuqiError
-    ├── InvalidRequest            400 invalid_request_error (param names the field)
-    ├── AuthenticationError       401 invalid_api_key
-    ├── PermissionDenied          403 permission_denied
-    ├── NotFound                  404 not_found
-    │   └── ModelNotFound         404 model_not_found
-    ├── Conflict                  409 conflict
-    ├── PayloadTooLarge           413 request_too_large
-    ├── IdempotencyMismatch       422 idempotency_key_reused
-    ├── InsufficientQuota         429 insufficient_quota (x-should-retry: false)
-    ├── RateLimited               429 rate_limit_exceeded (retry-after)
-    ├── UpstreamError             502 upstream_error
-    └── ModelUnavailable          503 model_unavailable
+    ├── InvalidRequest            a bad argument (`param` names it)
+    ├── AuthenticationError       an unknown or revoked API key
+    ├── PermissionDenied          a caller that may not do this
+    ├── NotFound                  an unknown id
+    ├── Conflict                  a state that does not allow it (an id that exists, a closed hold)
+    └── InsufficientQuota         not enough credit in force for the amount
+
+They say what went wrong, not how a protocol shows it: the HTTP status and the OpenAI error shape of each,
+and the errors only the gateway raises (an upstream that failed, a body too large, ...), are in
+`gateway/errors.py`.
 """
 
 from __future__ import annotations
 
 
 class ShuqiError(Exception):
-    status: int = 500
-    type: str = "server_error"
-    code: str | None = "internal_error"
+    """Base of every error the product raises on purpose; `headers` carries hints for the caller (retry-after)."""
 
     def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -29,20 +25,13 @@ class ShuqiError(Exception):
         self.param = param
         self.headers: dict[str, str] = dict(headers or {})
 
-    def body(self) -> dict[str, dict[str, str | None]]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
 
 class InvalidRequest(ShuqiError):
-    status = 400
-    type = "invalid_request_error"
-    code = "invalid_request_error"
+    """A bad argument; `param` names it."""
 
 
 class AuthenticationError(ShuqiError):
-    status = 401
-    type = "invalid_request_error"
-    code = "invalid_api_key"
+    """An unknown or revoked API key (the two are not told apart)."""
 
 
 # What a caller with an unknown or revoked key is told (the two are not told apart).
@@ -50,63 +39,16 @@ BAD_KEY = "Incorrect API key provided."
 
 
 class PermissionDenied(ShuqiError):
-    status = 403
-    type = "invalid_request_error"
-    code = "permission_denied"
+    """A caller that may not do this."""
 
 
 class NotFound(ShuqiError):
-    status = 404
-    type = "invalid_request_error"
-    code = "not_found"
-
-
-class ModelNotFound(NotFound):
-    code = "model_not_found"
+    """An unknown id."""
 
 
 class Conflict(ShuqiError):
-    status = 409
-    type = "invalid_request_error"
-    code = "conflict"
-
-
-class PayloadTooLarge(ShuqiError):
-    status = 413
-    type = "invalid_request_error"
-    code = "request_too_large"
-
-
-class IdempotencyMismatch(ShuqiError):
-    """An Idempotency-Key sent again with another request (IETF Idempotency-Key draft: 422)."""
-
-    status = 422
-    type = "invalid_request_error"
-    code = "idempotency_key_reused"
+    """A state that does not allow it: an id that exists, a hold that is closed."""
 
 
 class InsufficientQuota(ShuqiError):
-    status = 429
-    type = "insufficient_quota"
-    code = "insufficient_quota"
-
-    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message, param=param, headers={"x-should-retry": "false", **(headers or {})})
-
-
-class RateLimited(ShuqiError):
-    status = 429
-    type = "requests"
-    code = "rate_limit_exceeded"
-
-
-class UpstreamError(ShuqiError):
-    status = 502
-    type = "server_error"
-    code = "upstream_error"
-
-
-class ModelUnavailable(ShuqiError):
-    status = 503
-    type = "server_error"
-    code = "model_unavailable"
+    """Not enough credit in force for the amount asked."""

@@ -7,6 +7,10 @@ only once each of them has applied it.
 
 A listener is called with an event, or with None when events may have been missed (the channel was
 lost, or has just been set up): it must then forget everything it remembers.
+
+Where the store can tell them (`EventFeed.watching`), a revoked key and a voided voucher are told to every
+listener watching the same ledger, and `revoke_key` / `void_voucher` return only once each listener has
+heard. Redis can (`vouchers.redis_events`); SQLite cannot (`Unheard`: another process may share the file).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +68,34 @@ class Listeners:
                 listener(event)
             except Exception:
                 log.exception("a ledger event listener failed on %s", event)
+
+
+class EventFeed(Protocol):
+    async def watch(self, listener: Listener) -> None:
+        """Tell `listener` of every key revocation and voucher void on this ledger from now on, made
+        through any store on it; returns once events flow (see `watching`)."""
+        ...
+
+    async def unwatch(self, listener: Listener) -> None:
+        """Stop telling `listener`."""
+        ...
+
+    @property
+    def watching(self) -> bool:
+        """True while every event reaches this store's listeners; when it turns False they hear None."""
+        ...
+
+
+class Unheard:
+    """The feed of a store that cannot tell its events (SQLite: another process on the same file could
+    revoke a key or void a voucher unheard), so a gateway checks each request in the ledger itself."""
+
+    async def watch(self, listener: Listener) -> None:
+        """Never tells anything: `watching` stays False."""
+
+    async def unwatch(self, listener: Listener) -> None:
+        """Nothing to stop."""
+
+    @property
+    def watching(self) -> bool:
+        return False

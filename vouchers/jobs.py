@@ -24,6 +24,7 @@ from typing import Protocol
 
 import orjson
 
+from vouchers.deployments import DeploymentStore
 from vouchers.errors import Conflict, ShuqiError
 from vouchers.job_rules import NodeInfo
 
@@ -55,10 +56,6 @@ _TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 
 class QueueFull(ShuqiError):
     """The startup has as many jobs queued as its limit allows."""
-
-    status = 429
-    type = "requests"
-    code = "rate_limit_exceeded"
 
 
 @dataclass(frozen=True)
@@ -214,3 +211,7 @@ def encode_nodes(nodes: Sequence[NodeInfo]) -> bytes:
 
 def decode_nodes(data: bytes | str) -> list[NodeInfo]:
     return [NodeInfo(**doc) for doc in orjson.loads(data)]
+
+
+class JobRecords(JobStore, SchedulerState, DeploymentStore, Protocol):
+    """The scheduler's part of the store bundle: job records, what the scheduler shares, deployments."""

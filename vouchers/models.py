@@ -32,7 +32,10 @@ class ApiKey:
 
 @dataclass(frozen=True)
 class Voucher:
-    """A grant of credit. `spent` and `held` are what is debited from it and reserved on it now."""
+    """A grant of credit. `spent` and `held` are what is debited from it and reserved on it now.
+
+    Whether it is in force, where it comes in burn order and what it has free: `vouchers.rules`.
+    """
 
     id: str
     startup_id: str
@@ -46,21 +49,6 @@ class Voucher:
     voided_at: float | None = None
     spent: int = 0
     held: int = 0
-
-    def in_force(self, now: float) -> bool:
-        """Effective, not expired, not voided: it can still be burned."""
-        if self.voided_at is not None or now < self.effective_at:
-            return False
-        return self.expires_at is None or now < self.expires_at
-
-    @property
-    def free(self) -> int:
-        return self.amount - self.spent - self.held
-
-    def burn_key(self) -> tuple[int, float, float, str]:
-        """Burn order: priority (lower first), then soonest expiry (none last), then oldest."""
-        expiry = self.expires_at if self.expires_at is not None else float("inf")
-        return (self.priority, expiry, self.created_at, self.id)
 
 
 class HoldStatus(StrEnum):
@@ -159,6 +147,8 @@ class Price:
 class Limits:
     rpm: int | None = None
     tpm: int | None = None
+    max_gpus: int | None = None  # GPUs a startup's jobs may hold at once
+    max_queued_jobs: int | None = None  # jobs a startup may have waiting
 
 
 @dataclass(frozen=True)

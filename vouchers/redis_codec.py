@@ -7,13 +7,11 @@ fields of holds and journal lines travel as JSON built here, which the Lua scrip
 from __future__ import annotations
 
 import json
-import math
 
 import orjson
 
-from vouchers.errors import InvalidRequest
-from vouchers.models import ChargeRef, Hold, HoldStatus, JournalLine, KindBalance, Voucher, WorkerRecord
-from vouchers.units import MAX_AMOUNT, Kind
+from vouchers.models import ChargeRef, Hold, HoldStatus, JournalLine, Voucher, WorkerRecord
+from vouchers.units import Kind
 
 # What a hold reads back as, in this order; the same list is HOLD_FIELDS in lua/_lib.lua.
 HOLD_FIELDS = ("info", "amount", "allocations", "expires_at", "status", "settled")
@@ -31,19 +29,6 @@ def time_text(value: float) -> str:
 def opt_time(value: str | None) -> float | None:
     """A stored time, or None for an empty field."""
     return None if value is None or value == "" else float(value)
-
-
-def check_amount(amount: int, param: str, *, allow_zero: bool = False) -> None:
-    """InvalidRequest unless amount is an integer in range (positive unless zero is allowed)."""
-    low = 0 if allow_zero else 1
-    if isinstance(amount, bool) or not isinstance(amount, int) or not low <= amount <= MAX_AMOUNT:
-        raise InvalidRequest(f"{param} must be an integer between {low} and {MAX_AMOUNT}", param=param)
-
-
-def check_ttl(ttl_s: float) -> None:
-    """InvalidRequest unless the TTL is a positive, finite number of seconds."""
-    if not ttl_s > 0 or math.isinf(ttl_s):
-        raise InvalidRequest("ttl_s must be positive", param="ttl_s")
 
 
 def parse_pairs(text: str) -> tuple[tuple[str, int], ...]:
@@ -134,14 +119,6 @@ def voucher_from(f: dict[str, str]) -> Voucher:
         spent=int(f["spent"]),
         held=int(f["held"]),
     )
-
-
-def kind_balance(vouchers: list[Voucher]) -> KindBalance:
-    """Granted, spent, held and remaining over these vouchers."""
-    granted = sum(v.amount for v in vouchers)
-    spent = sum(v.spent for v in vouchers)
-    held = sum(v.held for v in vouchers)
-    return KindBalance(granted=granted, spent=spent, held=held, remaining=granted - spent - held)
 
 
 def worker_json(worker: WorkerRecord) -> str:

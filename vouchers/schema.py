@@ -1,14 +1,33 @@
-"""Every SQL table of the SQLite store, declared in one place.
+"""Every SQL table of the SQLite store, declared in one place, and the ordered migrations that build them.
 
 Amounts are INTEGER in the smallest unit; times are REAL seconds since the epoch. Idempotency keys
 are unique per startup, so two startups may use the same key without colliding.
+
+A ledger file records the last migration applied in `PRAGMA user_version` (0: none, or a ledger made
+before versions existed, whose tables migration 1 finds already there). Opening a ledger applies the
+migrations it lacks, in order, in one write transaction (`migrate`); a ledger whose version is newer
+than `SCHEMA_VERSION` is refused, never opened by code that does not know its tables. A schema change is
+one more entry at the end of `MIGRATIONS`, never an edit of an entry already released.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+import sqlite3
+from dataclasses import dataclass
 
-TABLES: tuple[str, ...] = (
+
+class SchemaError(RuntimeError):
+    """A ledger this code cannot open: its schema is newer than this version of shuqi knows."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int  # the user_version once applied: its position in MIGRATIONS, from 1
+    note: str
+    statements: tuple[str, ...]
+
+
+_LEDGER_V1: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS startups (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
@@ -133,19 +152,10 @@ TABLES: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS workers_model ON workers(model)",
 )
 
-# Connection settings: WAL lets readers run beside the one writer; NORMAL syncs at checkpoints only
-# (a crash of the machine may lose the last commits, never corrupt the file); busy_timeout makes a
-# second process wait for the write lock instead of failing at once.
-PRAGMAS: tuple[str, ...] = (
-    "PRAGMA busy_timeout = 30000",
-    "PRAGMA journal_mode = WAL",
-    "PRAGMA synchronous = NORMAL",
-    "PRAGMA foreign_keys = ON",
-)
-
 # The scheduler's tables (vouchers.sqlite_jobs): job records, their files (working-dir archive, log tail),
-# the leader lease, fair-share usage, and a change counter a waiting scheduler polls.
-JOB_TABLES: tuple[str, ...] = (
+# the leader lease, fair-share usage, queue estimates, a change counter a waiting scheduler polls,
+# deployments (vouchers.deployments), and the job caps in `limits`.
+_SCHEDULER_V2: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS jobs (
         id TEXT PRIMARY KEY,
         startup_id TEXT NOT NULL,
@@ -180,15 +190,55 @@ JOB_TABLES: tuple[str, ...] = (
     ) WITHOUT ROWID""",
     "CREATE TABLE IF NOT EXISTS job_changes (id INTEGER PRIMARY KEY CHECK (id = 1), counter INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO job_changes (id, counter) VALUES (1, 0)",
-)
-TABLES = TABLES + JOB_TABLES
-
-DEPLOYMENT_TABLES: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS deployments (
         id TEXT PRIMARY KEY,
         state TEXT NOT NULL,
         created_at REAL NOT NULL,
         doc BLOB NOT NULL
     ) WITHOUT ROWID""",
+    # Per-startup job caps beside the rate limits (Slurm's GrpTRES, Kueue's quota).
+    "ALTER TABLE limits ADD COLUMN max_gpus INTEGER",
+    "ALTER TABLE limits ADD COLUMN max_queued_jobs INTEGER",
 )
-TABLES = TABLES + DEPLOYMENT_TABLES
+
+MIGRATIONS: tuple[Migration, ...] = (
+    # IF NOT EXISTS throughout: ledgers made before versions existed already have these tables.
+    Migration(1, "the ledger, keys, prices, limits, rate windows, kept answers and the worker registry", _LEDGER_V1),
+    Migration(2, "the scheduler: jobs, their files, leader lease, fair share, estimates, deployments, job caps",
+              _SCHEDULER_V2),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The version recorded in a ledger file (0 before any migration)."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
+def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
+    """Apply the migrations the ledger lacks, in order; the version reached. Runs inside the caller's write
+    transaction (`BEGIN IMMEDIATE`), so two processes opening one old ledger migrate it once."""
+    found = schema_version(conn)
+    known = migrations[-1].version
+    if found > known:
+        raise SchemaError(
+            f"the ledger's schema is version {found}, newer than this shuqi knows ({known}): "
+            "it was written by a later release; upgrade shuqi to open it"
+        )
+    for migration in migrations[found:]:
+        for statement in migration.statements:
+            conn.execute(statement)
+        # PRAGMA takes no parameters; the version is an int from the table above.
+        conn.execute(f"PRAGMA user_version = {int(migration.version)}")
+    return known
+
+# Connection settings: WAL lets readers run beside the one writer; NORMAL syncs at checkpoints only
+# (a crash of the machine may lose the last commits, never corrupt the file); busy_timeout makes a
+# second process wait for the write lock instead of failing at once.
+PRAGMAS: tuple[str, ...] = (
+    "PRAGMA busy_timeout = 30000",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA foreign_keys = ON",
+)

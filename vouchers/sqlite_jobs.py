@@ -30,17 +30,10 @@ _POLL_S = 0.1
 class SqliteJobs:
     """Job records, the leader lease and fair-share usage in the ledger's SQLite file."""
 
-    def __init__(self, runner: SqliteRunner, clock: Clock, *, owns_runner: bool = False) -> None:
-        self._runner = runner
+    def __init__(self, runner: SqliteRunner, clock: Clock) -> None:
         self._run = runner.run
         self._clock = clock
-        self._owns_runner = owns_runner
         self._seen = -1
-
-    async def close(self) -> None:
-        """Close the runner if this store opened it (a shared one is its opener's to close)."""
-        if self._owns_runner:
-            await self._runner.close()
 
     async def create(self, job: Job, *, archive: bytes | None = None, max_queued: int | None = None) -> Job:
         def op(conn: sqlite3.Connection) -> Job:

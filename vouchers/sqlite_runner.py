@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vouchers.schema import PRAGMAS, TABLES
+from vouchers.schema import PRAGMAS, SchemaError, migrate
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,16 @@ class SqliteRunner:
         self._closed = False
 
     async def start(self) -> None:
-        """Open the connection, start the thread and create the schema."""
+        """Open the connection, start the thread and bring the schema up to date (`vouchers.schema.migrate`);
+        SchemaError, with the thread stopped, for a ledger newer than this code."""
         conn = await asyncio.to_thread(_connect, self._path)
         self._thread = threading.Thread(target=self._main, args=(conn,), name=f"sqlite:{self._path.name}", daemon=True)
         self._thread.start()
-        await self.run(_create_schema, write=True)
+        try:
+            await self.run(migrate, write=True)
+        except SchemaError as exc:
+            await self.close()
+            raise SchemaError(f"{self._path}: {exc}") from None
 
     async def run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         """Run `fn(connection)` inside a transaction on the store thread and return its result."""
@@ -187,8 +192,3 @@ def _connect(path: Path) -> sqlite3.Connection:
     for pragma in PRAGMAS:
         conn.execute(pragma)
     return conn
-
-
-def _create_schema(conn: sqlite3.Connection) -> None:
-    for statement in TABLES:
-        conn.execute(statement)

@@ -14,8 +14,8 @@ import os
 import signal
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 
+from vouchers.settings import WorkerNodeSettings
 from workers.engine import ModelSpec
 from workers.engines import get_engine
 from workers.service import WorkerService, WorkerSettings, WorkerStatus
@@ -26,44 +26,27 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WorkerCommand:
-    """`shuqi worker` settings, from the same SHUQI_* environment as the other services."""
+    """`shuqi worker`: one model, the node's settings (`vouchers.settings`), and the Ray cluster to join if any."""
 
     model: str
-    store: str = "sqlite"
-    data_dir: Path = Path(".shuqi")
-    ray_address: str | None = None
-    host: str = "127.0.0.1"  # where the engine listens; 0.0.0.0 on a node the gateway reaches over the network
-    advertise_host: str | None = None
-    models_path: Path | None = None
-
-    @classmethod
-    def from_env(cls, model: str, env: dict[str, str] | None = None) -> WorkerCommand:
-        """Build from SHUQI_STORE, SHUQI_DATA_DIR, RAY_ADDRESS, SHUQI_WORKER_HOST, SHUQI_WORKER_ADVERTISE."""
-        env = dict(os.environ if env is None else env)
-        models = env.get("SHUQI_MODELS")
-        return cls(
-            model=model,
-            store=env.get("SHUQI_STORE", "sqlite"),
-            data_dir=Path(env.get("SHUQI_DATA_DIR", ".shuqi")),
-            ray_address=env.get("RAY_ADDRESS") or None,
-            host=env.get("SHUQI_WORKER_HOST", "127.0.0.1"),
-            advertise_host=env.get("SHUQI_WORKER_ADVERTISE") or None,
-            models_path=Path(models) if models else None,
-        )
+    node: WorkerNodeSettings
+    ray_address: str | None = None  # RAY_ADDRESS: Ray's own variable, read by its entry point as Ray does
 
     def settings(self) -> WorkerSettings:
         """The WorkerSettings this command runs with."""
-        data_dir = self.data_dir.resolve()
-        store = f"sqlite:///{data_dir / 'ledger.db'}" if self.store == "sqlite" else self.store
-        advertise = self.advertise_host
-        if advertise is None and self.host == "0.0.0.0":
+        node = self.node
+        data_dir = node.data_dir.resolve()
+        store = f"sqlite:///{data_dir / 'ledger.db'}" if node.store == "sqlite" else node.store
+        advertise = node.worker_advertise
+        if advertise is None and node.worker_host == "0.0.0.0":
             advertise = socket.gethostbyname(socket.gethostname())
-        return WorkerSettings(store_url=store, data_dir=data_dir, bind_host=self.host, advertise_host=advertise)
+        return WorkerSettings(store_url=store, data_dir=data_dir, namespace=node.namespace, bind_host=node.worker_host,
+                              advertise_host=advertise)
 
 
 async def run_worker(command: WorkerCommand) -> int:
     """Serve one model until SIGINT/SIGTERM; the exit code."""
-    spec = load_config(command.models_path).get(command.model)
+    spec = load_config(command.node.models).get(command.model)
     settings = command.settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
@@ -109,4 +92,5 @@ def worker_main(model: str) -> int:
     """Entry point of `shuqi worker`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe otherwise
-    return asyncio.run(run_worker(WorkerCommand.from_env(model)))
+    command = WorkerCommand(model, WorkerNodeSettings(), ray_address=os.environ.get("RAY_ADDRESS") or None)
+    return asyncio.run(run_worker(command))

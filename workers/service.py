@@ -18,10 +18,10 @@ from pathlib import Path
 
 import httpx
 
-from vouchers.factory import open_store
+from vouchers.factory import Stores, open_stores
 from vouchers.keys import new_id
 from vouchers.models import WorkerRecord
-from vouchers.store import Store
+from vouchers.registry import Registry
 from workers.engine import Engine, ModelSpec
 from workers.process import EngineProcess, free_port
 
@@ -77,7 +77,8 @@ class WorkerService:
         self._engine = engine
         self._settings = settings
         self.worker_id = worker_id or new_id("wkr")
-        self._store: Store | None = None
+        self._stores: Stores | None = None  # opened here; the worker uses only its registry
+        self._registry: Registry | None = None
         self._http: httpx.AsyncClient | None = None
         self._proc: EngineProcess | None = None
         self._url: str | None = None
@@ -91,7 +92,8 @@ class WorkerService:
     async def start(self) -> WorkerStatus:
         """Open the store, start the engine, wait until healthy, register, and watch it from now on."""
         s = self._settings
-        self._store = await open_store(s.store_url, data_dir=s.data_dir, namespace=s.namespace)
+        self._stores = await open_stores(s.store_url, data_dir=s.data_dir, namespace=s.namespace)
+        self._registry = self._stores.registry
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
         self._state = WorkerState.STARTING
         try:
@@ -225,7 +227,7 @@ class WorkerService:
             logger.error("engine failed for good: %s", exc, extra={"worker_id": self.worker_id})
 
     async def _register(self) -> None:
-        if self._store is None or self._url is None:
+        if self._registry is None or self._url is None:
             raise RuntimeError("register before start")
         record = WorkerRecord(
             id=self.worker_id,
@@ -239,22 +241,22 @@ class WorkerService:
             tokenize_path=self._engine.tokenize_path,
             health_path=self._engine.health_path,
         )
-        await self._store.register_worker(record, ttl_s=self._settings.heartbeat_ttl_s)
+        await self._registry.register_worker(record, ttl_s=self._settings.heartbeat_ttl_s)
         logger.info("worker registered", extra={"worker_id": self.worker_id, "model": self.spec.name})
 
     async def _heartbeat(self) -> None:
-        if self._store is None:
+        if self._registry is None:
             return
         try:
-            if not await self._store.heartbeat_worker(self.worker_id, ttl_s=self._settings.heartbeat_ttl_s):
+            if not await self._registry.heartbeat_worker(self.worker_id, ttl_s=self._settings.heartbeat_ttl_s):
                 # The record expired (a long pause, or a store restart): register again.
                 await self._register()
         except Exception as exc:  # a store blip must not end the watch loop; the TTL covers a long outage
             logger.warning("heartbeat failed: %s", exc, extra={"worker_id": self.worker_id})
 
     async def _deregister(self) -> None:
-        if self._store is not None:
-            await self._store.deregister_worker(self.worker_id)
+        if self._registry is not None:
+            await self._registry.deregister_worker(self.worker_id)
 
     async def _stop_engine(self) -> None:
         if self._proc is not None:
@@ -264,6 +266,7 @@ class WorkerService:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
-        if self._store is not None:
-            await self._store.close()
-            self._store = None
+        self._registry = None
+        if self._stores is not None:
+            await self._stores.close()
+            self._stores = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -50,9 +49,7 @@ def default_config_text() -> str:
 
 
 def load_config(path: Path | None = None) -> ModelConfig:
-    """Load `path`, else $SHUQI_MODELS, else the packaged default; ValueError on a bad entry."""
-    if path is None and os.environ.get("SHUQI_MODELS"):
-        path = Path(os.environ["SHUQI_MODELS"])
+    """Load `path` (the caller's `SHUQI_MODELS` setting), else the packaged default; ValueError on a bad entry."""
     text = path.read_text(encoding="utf-8") if path is not None else default_config_text()
     return parse_config(text)
 

@@ -8,7 +8,6 @@ setting, and a spec with no GPUs gets the CPU backend's flags and variables.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from vouchers.settings import WorkerNodeSettings
 from workers.engine import EngineMetrics, ModelSpec
 
 # `vllm serve`, through the module behind the console script: the interpreter is the setting, not a
@@ -52,13 +52,13 @@ _CPU_ARGS = (("--enforce-eager",), ("--dtype", "bfloat16"))
 
 
 def _default_python() -> str:
-    return os.environ.get("SHUQI_VLLM_PYTHON") or sys.executable
+    return WorkerNodeSettings().vllm_python or sys.executable
 
 
 def _default_models_dir(python: str) -> Path:
-    configured = os.environ.get("SHUQI_VLLM_MODELS")
-    if configured:
-        return Path(configured)
+    configured = WorkerNodeSettings().vllm_models
+    if configured is not None:
+        return configured
     # Not resolved: a venv's bin/python is a symlink to the base interpreter, the venv is what we want.
     return Path(python).absolute().parent.parent / "models"
 

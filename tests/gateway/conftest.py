@@ -13,12 +13,12 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from tests.conftest import store_url
 from tests.gateway.fake_upstream import FakeUpstream, UvicornThread
 from vouchers.clock import ManualClock
+from vouchers.factory import Stores
 from vouchers.models import WorkerRecord
-from vouchers.store import Store
+from vouchers.settings import GatewaySettings
 
 ADMIN_TOKEN = "admin-test-token"
 MODEL = "fake-model"
@@ -78,7 +78,7 @@ class Running:
 
 
 @pytest.fixture
-async def gateway(settings: GatewaySettings, clock: ManualClock, store: Store) -> AsyncIterator[Running]:
+async def gateway(settings: GatewaySettings, clock: ManualClock, store: Stores) -> AsyncIterator[Running]:
     """The gateway on a real port, sharing the backend (and clock) of the test's `store`."""
     server = UvicornThread(create_app(settings, clock=clock), lifespan="on", as_gateway=True)
     server.start()
@@ -109,12 +109,12 @@ async def at_once(gateway: Running, key: str, n: int, messages: list[ChatComplet
     return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
-async def register(store: Store, upstream: FakeUpstream, *, worker_id: str = "w1", owner: str | None = None,
+async def register(store: Stores, upstream: FakeUpstream, *, worker_id: str = "w1", owner: str | None = None,
                    model: str = MODEL, capacity: int = 8, tokenizer: bool = True) -> WorkerRecord:
     """Put a fake replica in the registry the gateway routes from."""
     record = WorkerRecord(id=worker_id, model=model, url=upstream.url, engine="fake", owner=owner, capacity=capacity,
                           context_length=2048, tokenize_path="/tokenize" if tokenizer else None, embeddings=True)
-    await store.register_worker(record, ttl_s=3600)
+    await store.registry.register_worker(record, ttl_s=3600)
     return record
 
 

@@ -8,17 +8,17 @@ from pathlib import Path
 import httpx
 from openai.types.chat import ChatCompletionMessageParam
 
-from gateway.settings import GatewaySettings
 from tests.gateway.conftest import MODEL, Running, register
 from tests.gateway.fake_upstream import FakeUpstream
 from vouchers.clock import ManualClock
-from vouchers.store import Store
+from vouchers.factory import Stores
+from vouchers.settings import GatewaySettings
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "one two three"}]
 
 
 async def test_balance_usage_and_vouchers_through_both_apis(
-    gateway: Running, upstream: FakeUpstream, store: Store, clock: ManualClock
+    gateway: Running, upstream: FakeUpstream, store: Stores, clock: ManualClock
 ) -> None:
     await register(store, upstream)
     await gateway.set_price(MODEL, "0", "1000000")
@@ -54,7 +54,7 @@ async def test_balance_usage_and_vouchers_through_both_apis(
 
 
 async def test_metrics_report_the_ledger_from_the_store(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     await register(store, upstream)
     await gateway.set_price(MODEL, "1000000", "1000000")

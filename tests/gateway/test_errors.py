@@ -11,11 +11,11 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from tests.gateway.conftest import ADMIN_TOKEN, MODEL, Running, eventually, register
 from tests.gateway.fake_upstream import FakeUpstream, UvicornThread
 from vouchers.clock import ManualClock
-from vouchers.store import Store
+from vouchers.factory import Stores
+from vouchers.settings import GatewaySettings
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
@@ -27,7 +27,7 @@ def _shape(body: object) -> dict[str, object]:
     return error
 
 
-async def test_wrong_missing_and_revoked_keys_are_401(gateway: Running, upstream: FakeUpstream, store: Store) -> None:
+async def test_wrong_missing_and_revoked_keys_are_401(gateway: Running, upstream: FakeUpstream, store: Stores) -> None:
     await register(store, upstream)
     key = await gateway.onboard("acme")
     with pytest.raises(openai.AuthenticationError) as info:
@@ -48,7 +48,7 @@ async def test_wrong_missing_and_revoked_keys_are_401(gateway: Running, upstream
 
 
 async def test_a_key_revoked_on_one_replica_stops_at_once_on_another_that_knows_it(
-    gateway: Running, upstream: FakeUpstream, store: Store, settings: GatewaySettings, clock: ManualClock
+    gateway: Running, upstream: FakeUpstream, store: Stores, settings: GatewaySettings, clock: ManualClock
 ) -> None:
     # Replica B has served the key, so it remembers which startup the key belongs to; its next ledger call
     # must still see the revocation made through replica A.
@@ -86,7 +86,7 @@ async def test_a_key_revoked_on_one_replica_stops_at_once_on_another_that_knows_
 
 
 async def test_unknown_model_is_404_and_bad_fields_are_400_naming_the_param(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     await register(store, upstream)
     client = gateway.client(await gateway.onboard("acme"))
@@ -114,7 +114,7 @@ async def test_unknown_model_is_404_and_bad_fields_are_400_naming_the_param(
     assert upstream.state.requests == []  # nothing bad reached the model server
 
 
-async def test_oversized_body_is_413(gateway: Running, upstream: FakeUpstream, store: Store) -> None:
+async def test_oversized_body_is_413(gateway: Running, upstream: FakeUpstream, store: Stores) -> None:
     await register(store, upstream)
     client = gateway.client(await gateway.onboard("acme"))
     huge = "x " * (3 * 1024 * 1024)  # 6 MiB, over the 4 MiB default
@@ -146,7 +146,7 @@ async def _chunked_post(url: str, key: str, pieces: list[bytes]) -> tuple[int, b
 
 
 async def test_a_body_sent_in_chunks_is_read_whole_and_its_size_limit_holds(
-    settings: GatewaySettings, clock: ManualClock, upstream: FakeUpstream, store: Store
+    settings: GatewaySettings, clock: ManualClock, upstream: FakeUpstream, store: Stores
 ) -> None:
     await register(store, upstream)
     server = UvicornThread(create_app(settings.model_copy(update={"max_body_bytes": 4096}), clock=clock),
@@ -174,7 +174,7 @@ async def test_a_body_sent_in_chunks_is_read_whole_and_its_size_limit_holds(
 
 
 async def test_insufficient_quota_is_429_that_the_sdk_does_not_retry(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     await register(store, upstream)
     await gateway.set_price(MODEL, "1000", "1000")
@@ -189,12 +189,12 @@ async def test_insufficient_quota_is_429_that_the_sdk_does_not_retry(
 
 
 async def test_rate_limit_is_429_with_retry_after_and_resets_with_the_window(
-    gateway: Running, upstream: FakeUpstream, store: Store, clock: ManualClock
+    gateway: Running, upstream: FakeUpstream, store: Stores, clock: ManualClock
 ) -> None:
     await register(store, upstream)
     await gateway.onboard("acme")
     r = await gateway.admin.put("/admin/v1/startups/acme/limits", json={"rpm": 2, "tpm": None})
-    assert r.json() == {"rpm": 2, "tpm": None}
+    assert r.json() == {"rpm": 2, "tpm": None, "max_gpus": None, "max_queued_jobs": None}
     key = (await gateway.admin.post("/admin/v1/startups/acme/keys")).json()["key"]
     client = gateway.client(key)
     first = await client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
@@ -211,7 +211,7 @@ async def test_rate_limit_is_429_with_retry_after_and_resets_with_the_window(
 
 
 async def test_no_healthy_worker_is_503_until_it_recovers(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     await register(store, upstream)
     client = gateway.client(await gateway.onboard("acme"))
@@ -252,7 +252,7 @@ async def test_framework_errors_have_the_openai_shape(gateway: Running) -> None:
 
 
 async def test_tokens_per_minute_count_max_tokens_and_refuse_past_the_limit(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     await register(store, upstream)
     key = await gateway.onboard("acme")

@@ -18,14 +18,14 @@ import redis.asyncio as aioredis
 from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from tests.conftest import redis_url
 from tests.gateway.conftest import MODEL, Running, at_once, eventually, register
 from tests.gateway.fake_upstream import FakeUpstream, UvicornThread
 from vouchers.clock import ManualClock
+from vouchers.factory import Stores
 from vouchers.keys import hash_secret
 from vouchers.models import ApiKey
-from vouchers.store import Store
+from vouchers.settings import GatewaySettings
 from vouchers.units import Kind
 
 pytestmark = pytest.mark.parametrize("backend", ["redis"])
@@ -38,7 +38,7 @@ def _consistent(b: dict[str, str]) -> None:
     assert Decimal(b["granted"]) == Decimal(b["spent"]) + Decimal(b["held"]) + Decimal(b["remaining"])
 
 
-async def _per_token(gateway: Running, upstream: FakeUpstream, store: Store, credits: str | None) -> str:
+async def _per_token(gateway: Running, upstream: FakeUpstream, store: Stores, credits: str | None) -> str:
     """One credit per completion token, prompts free: a request's worst case is its max_tokens."""
     await register(store, upstream, capacity=256)
     await gateway.set_price(MODEL, "0", "1000000")
@@ -46,7 +46,7 @@ async def _per_token(gateway: Running, upstream: FakeUpstream, store: Store, cre
 
 
 async def test_one_lease_admits_many_requests_and_the_journal_keeps_a_line_for_each(
-    gateway: Running, upstream: FakeUpstream, store: Store, settings: GatewaySettings
+    gateway: Running, upstream: FakeUpstream, store: Stores, settings: GatewaySettings
 ) -> None:
     key = await _per_token(gateway, upstream, store, "1000")
     client = gateway.client(key)
@@ -56,10 +56,10 @@ async def test_one_lease_admits_many_requests_and_the_journal_keeps_a_line_for_e
         ids.append(raw.headers["x-request-id"])
         assert raw.parse().usage is not None
     # Read the store itself: the replica still holds its lease, idle, until lease_idle_s passes.
-    direct = (await store.balance("acme")).model
+    direct = (await store.ledger.balance("acme")).model
     assert direct.spent == 10 * 5 * CREDIT  # the fake model writes 5 tokens
     assert direct.held == settings.lease_requests * 8 * CREDIT - direct.spent  # one hold, not one per request
-    lines = await store.journal("acme")
+    lines = await store.journal.journal("acme")
     assert sorted(line.ref.reference for line in lines) == sorted(ids)
     assert all(line.amount == 5 * CREDIT and line.ref.model == MODEL for line in lines)
     # A balance read through the replica releases its idle lease: held is what running requests hold.
@@ -68,20 +68,20 @@ async def test_one_lease_admits_many_requests_and_the_journal_keeps_a_line_for_e
     _consistent(b)
 
 
-async def test_an_idle_lease_goes_back_by_itself(gateway: Running, upstream: FakeUpstream, store: Store) -> None:
+async def test_an_idle_lease_goes_back_by_itself(gateway: Running, upstream: FakeUpstream, store: Stores) -> None:
     key = await _per_token(gateway, upstream, store, "1000")
     await gateway.client(key).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
-    assert (await store.balance("acme")).model.held > 0
+    assert (await store.ledger.balance("acme")).model.held > 0
 
     async def released() -> bool:
-        return (await store.balance("acme")).model.held == 0
+        return (await store.ledger.balance("acme")).model.held == 0
 
     await eventually(released)
-    assert (await store.balance("acme")).model.spent == 5 * CREDIT
+    assert (await store.ledger.balance("acme")).model.spent == 5 * CREDIT
 
 
 async def test_k_requests_of_credit_let_exactly_k_through_out_of_200_when_k_is_larger_than_a_lease(
-    gateway: Running, upstream: FakeUpstream, store: Store, settings: GatewaySettings
+    gateway: Running, upstream: FakeUpstream, store: Stores, settings: GatewaySettings
 ) -> None:
     k = 3 * settings.lease_requests + 5  # leases open, grow, then shrink to what one request needs
     key = await _per_token(gateway, upstream, store, str(k))
@@ -94,14 +94,15 @@ async def test_k_requests_of_credit_let_exactly_k_through_out_of_200_when_k_is_l
 
 
 async def test_a_key_revoked_through_the_store_stops_at_once_on_a_replica_that_trusts_it(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     key = await _per_token(gateway, upstream, store, "1000")
     client = gateway.client(key)
     for _ in range(3):  # the replica now knows the key and admits it on its lease, with no ledger call
         await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
-    key_id = (await store.list_keys("acme"))[0].id
-    await store.revoke_key(key_id)  # another process's store: the event reaches the replica before this returns
+    key_id = (await store.directory.list_keys("acme"))[0].id
+    # another process's store: the event reaches the replica before this returns
+    await store.directory.revoke_key(key_id)
     with pytest.raises(openai.AuthenticationError) as info:
         await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
     assert info.value.code == "invalid_api_key"
@@ -109,11 +110,11 @@ async def test_a_key_revoked_through_the_store_stops_at_once_on_a_replica_that_t
 
 
 async def test_a_voided_voucher_burns_no_further_though_a_lease_was_drawn_on_it(
-    gateway: Running, upstream: FakeUpstream, store: Store, settings: GatewaySettings, clock: ManualClock
+    gateway: Running, upstream: FakeUpstream, store: Stores, settings: GatewaySettings, clock: ManualClock
 ) -> None:
     key = await _per_token(gateway, upstream, store, None)
-    first = await store.grant("acme", Kind.MODEL, 500 * CREDIT, priority=0)  # burns first
-    second = await store.grant("acme", Kind.MODEL, 500 * CREDIT, priority=10)
+    first = await store.ledger.grant("acme", Kind.MODEL, 500 * CREDIT, priority=0)  # burns first
+    second = await store.ledger.grant("acme", Kind.MODEL, 500 * CREDIT, priority=10)
     other = UvicornThread(create_app(settings, clock=clock), lifespan="on", as_gateway=True)
     other.start()
     try:
@@ -122,27 +123,27 @@ async def test_a_voided_voucher_burns_no_further_though_a_lease_was_drawn_on_it(
             await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
         r = await gateway.admin.post(f"/admin/v1/vouchers/{first.id}/void")
         assert r.status_code == 200
-        spent_on_first = (await store.get_voucher(first.id)).spent  # type: ignore[union-attr]
+        spent_on_first = (await store.ledger.get_voucher(first.id)).spent  # type: ignore[union-attr]
         assert spent_on_first == 20 * CREDIT
         for client in clients * 3:
             await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
     finally:
         other.stop()
-    assert (await store.get_voucher(first.id)).spent == spent_on_first  # type: ignore[union-attr]
-    assert (await store.get_voucher(second.id)).spent == 30 * CREDIT  # type: ignore[union-attr]
+    assert (await store.ledger.get_voucher(first.id)).spent == spent_on_first  # type: ignore[union-attr]
+    assert (await store.ledger.get_voucher(second.id)).spent == 30 * CREDIT  # type: ignore[union-attr]
     b = await gateway.balance("acme")
     assert b["granted"] == "500" and b["spent"] == "30" and b["held"] == "0"
     _consistent(b)
 
 
 async def test_voiding_the_only_voucher_refuses_the_next_request_at_once(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     key = await _per_token(gateway, upstream, store, "1000")
     client = gateway.client(key)
     await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
-    voucher = (await store.list_vouchers("acme", Kind.MODEL))[0]
-    await store.void_voucher(voucher.id)
+    voucher = (await store.ledger.list_vouchers("acme", Kind.MODEL))[0]
+    await store.ledger.void_voucher(voucher.id)
     with pytest.raises(openai.RateLimitError) as info:
         await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
     assert info.value.code == "insufficient_quota"
@@ -150,26 +151,26 @@ async def test_voiding_the_only_voucher_refuses_the_next_request_at_once(
 
 
 async def test_a_lease_admits_nothing_once_a_voucher_it_draws_on_has_expired(
-    gateway: Running, upstream: FakeUpstream, store: Store, clock: ManualClock
+    gateway: Running, upstream: FakeUpstream, store: Stores, clock: ManualClock
 ) -> None:
     key = await _per_token(gateway, upstream, store, None)
-    soon = await store.grant("acme", Kind.MODEL, 500 * CREDIT, expires_at=clock.now() + 100)
+    soon = await store.ledger.grant("acme", Kind.MODEL, 500 * CREDIT, expires_at=clock.now() + 100)
     client = gateway.client(key)
     await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
-    assert (await store.balance("acme")).model.held > 0  # a lease on the voucher
+    assert (await store.ledger.balance("acme")).model.held > 0  # a lease on the voucher
     clock.advance(101)
     with pytest.raises(openai.RateLimitError) as info:
         await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
     assert info.value.code == "insufficient_quota"
-    later = await store.grant("acme", Kind.MODEL, 500 * CREDIT)
+    later = await store.ledger.grant("acme", Kind.MODEL, 500 * CREDIT)
     for _ in range(3):
         await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
-    assert (await store.get_voucher(soon.id)).spent == 5 * CREDIT  # type: ignore[union-attr]
-    assert (await store.get_voucher(later.id)).spent == 15 * CREDIT  # type: ignore[union-attr]
+    assert (await store.ledger.get_voucher(soon.id)).spent == 5 * CREDIT  # type: ignore[union-attr]
+    assert (await store.ledger.get_voucher(later.id)).spent == 15 * CREDIT  # type: ignore[union-attr]
 
 
 async def test_when_events_stop_the_replica_forgets_and_comes_back(
-    gateway: Running, upstream: FakeUpstream, store: Store, settings: GatewaySettings, clock: ManualClock
+    gateway: Running, upstream: FakeUpstream, store: Stores, settings: GatewaySettings, clock: ManualClock
 ) -> None:
     key = await _per_token(gateway, upstream, store, "1000")
     # A replica whose idle leases stay: only hearing that events stopped can make it give its lease back.
@@ -179,7 +180,7 @@ async def test_when_events_stop_the_replica_forgets_and_comes_back(
     try:
         client = gateway.client(key, base_url=patient.url + "/v1")
         await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
-        assert (await store.balance("acme")).model.held > 0  # a lease
+        assert (await store.ledger.balance("acme")).model.held > 0  # a lease
         r = aioredis.from_url(redis_url())
         try:
             assert await r.client_kill_filter(_type="pubsub") >= 1  # every subscription on the server drops
@@ -187,7 +188,7 @@ async def test_when_events_stop_the_replica_forgets_and_comes_back(
             await r.aclose()
 
         async def lease_gone() -> bool:
-            return (await store.balance("acme")).model.held == 0
+            return (await store.ledger.balance("acme")).model.held == 0
 
         await eventually(lease_gone)
         for _ in range(3):  # requests go on: on their own holds until the subscription is back, then on a lease
@@ -195,7 +196,7 @@ async def test_when_events_stop_the_replica_forgets_and_comes_back(
 
         async def leasing_again() -> bool:
             await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
-            return (await store.balance("acme")).model.held > 0
+            return (await store.ledger.balance("acme")).model.held > 0
 
         await eventually(leasing_again)
     finally:
@@ -206,16 +207,16 @@ async def test_when_events_stop_the_replica_forgets_and_comes_back(
 
 
 async def test_a_replica_that_never_confirms_an_event_does_not_hang_a_revocation(
-    store: Store, caplog: pytest.LogCaptureFixture, namespace: str
+    store: Stores, caplog: pytest.LogCaptureFixture, namespace: str
 ) -> None:
-    await store.create_startup("acme", "Acme")
-    key = await store.add_key(ApiKey("key_1", "acme", "test", hash_secret("sk-shuqi-x"), "sk-shuqi-x", 0.0))
+    await store.directory.create_startup("acme", "Acme")
+    key = await store.directory.add_key(ApiKey("key_1", "acme", "test", hash_secret("sk-shuqi-x"), "sk-shuqi-x", 0.0))
     mute = aioredis.from_url(redis_url())
     pubsub = mute.pubsub()
     await pubsub.subscribe(f"{namespace}:events")  # hears the event, never confirms it
     try:
         with caplog.at_level(logging.ERROR):
-            revoked = await asyncio.wait_for(store.revoke_key(key.id), 10)
+            revoked = await asyncio.wait_for(store.directory.revoke_key(key.id), 10)
         assert revoked.revoked_at is not None
         assert "did not confirm" in caplog.text
     finally:
@@ -225,7 +226,7 @@ async def test_a_replica_that_never_confirms_an_event_does_not_hang_a_revocation
 
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_mixed_requests_at_once_never_overspend_and_charge_what_was_answered(
-    gateway: Running, upstream: FakeUpstream, store: Store, seed: int
+    gateway: Running, upstream: FakeUpstream, store: Stores, seed: int
 ) -> None:
     # Worst cases of 1 to 12 credits, streamed or not, 150 at once on 600 credits: leases open, grow, run
     # short and hand over to per-request holds; whatever the interleaving, nothing is spent unanswered.
@@ -260,5 +261,5 @@ async def test_mixed_requests_at_once_never_overspend_and_charge_what_was_answer
     assert b["held"] == "0" and Decimal(b["spent"]) == sum(received)
     assert Decimal(b["spent"]) <= 600
     _consistent(b)
-    lines = await store.journal("acme")
+    lines = await store.journal.journal("acme")
     assert len(lines) == sum(1 for r in received if r > 0) and all(line.overage == 0 for line in lines)

@@ -13,11 +13,11 @@ from openai.types.chat import ChatCompletionMessageParam
 from gateway import replay
 from gateway.app import create_app
 from gateway.replay import Kept
-from gateway.settings import GatewaySettings
 from tests.gateway.conftest import MODEL, Running, at_once, eventually, register
 from tests.gateway.fake_upstream import FakeUpstream, UvicornThread
 from vouchers.clock import ManualClock
-from vouchers.store import Store
+from vouchers.factory import Stores
+from vouchers.settings import GatewaySettings
 
 # 3 words + 3 per message = 6 fake tokens
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "one two three"}]
@@ -28,7 +28,7 @@ def _consistent(b: dict[str, str]) -> None:
 
 
 async def test_client_disconnect_aborts_upstream_and_charges_what_streamed(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     await register(store, upstream)
     await gateway.set_price(MODEL, "1000", "1000")  # 0.001 credit per token either way
@@ -72,7 +72,7 @@ async def test_client_disconnect_aborts_upstream_and_charges_what_streamed(
 
 
 async def test_upstream_error_before_output_releases_the_hold(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     await register(store, upstream)
     await gateway.set_price(MODEL, "1000", "1000")
@@ -94,7 +94,7 @@ async def test_upstream_error_before_output_releases_the_hold(
 
 
 async def test_upstream_breaking_mid_stream_ends_with_an_error_event_and_charges_what_streamed(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     await register(store, upstream)
     await gateway.set_price(MODEL, "0", "1000000")  # 1 credit per completion token, prompt free
@@ -121,7 +121,7 @@ async def test_upstream_breaking_mid_stream_ends_with_an_error_event_and_charges
 
 
 async def test_idempotency_key_never_charges_twice_nor_runs_twice(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     key = await _credit_per_token(gateway, upstream, store)
     client = gateway.client(key, max_retries=2)  # the SDK's own retries must not turn a refusal into a loop
@@ -161,7 +161,7 @@ async def test_idempotency_key_never_charges_twice_nor_runs_twice(
 
 
 async def test_an_idempotency_key_names_one_request(
-    gateway: Running, upstream: FakeUpstream, store: Store, settings: GatewaySettings
+    gateway: Running, upstream: FakeUpstream, store: Stores, settings: GatewaySettings
 ) -> None:
     key = await _credit_per_token(gateway, upstream, store)
     client = gateway.client(key)
@@ -190,7 +190,7 @@ async def test_an_idempotency_key_names_one_request(
 
 
 async def test_past_its_budget_of_kept_answers_a_startup_gets_409_on_retry_never_a_second_run(
-    gateway: Running, upstream: FakeUpstream, store: Store, settings: GatewaySettings
+    gateway: Running, upstream: FakeUpstream, store: Stores, settings: GatewaySettings
 ) -> None:
     key = await _credit_per_token(gateway, upstream, store)
     client = gateway.client(key)
@@ -220,7 +220,7 @@ async def _refused_as_not_kept(client: openai.AsyncOpenAI, headers: dict[str, st
         await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3, extra_headers=headers)
 
 
-async def _credit_per_token(gateway: Running, upstream: FakeUpstream, store: Store, credits: str = "100") -> str:
+async def _credit_per_token(gateway: Running, upstream: FakeUpstream, store: Stores, credits: str = "100") -> str:
     """The fake upstream registered at 1 credit per completion token; a key of `acme`, with `credits`."""
     await register(store, upstream)
     await gateway.set_price(MODEL, "0", "1000000")
@@ -232,7 +232,7 @@ async def _spent_is(gateway: Running, spent: str) -> bool:
 
 
 async def test_a_retry_while_its_key_is_still_being_answered_is_refused(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     key = await _credit_per_token(gateway, upstream, store)
     client = gateway.client(key)
@@ -249,7 +249,7 @@ async def test_a_retry_while_its_key_is_still_being_answered_is_refused(
 
 
 async def test_price_change_applies_to_the_next_request(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     key = await _credit_per_token(gateway, upstream, store)
     client = gateway.client(key)
@@ -264,7 +264,7 @@ async def test_price_change_applies_to_the_next_request(
 
 
 async def test_k_requests_of_credit_let_at_most_k_through_out_of_200(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     k = 7
     await register(store, upstream, capacity=256)
@@ -282,7 +282,7 @@ async def test_k_requests_of_credit_let_at_most_k_through_out_of_200(
 
 @pytest.mark.parametrize("tokenizer", [True, False])
 async def test_hold_uses_the_worker_tokenizer_when_it_has_one(
-    gateway: Running, upstream: FakeUpstream, store: Store, tokenizer: bool
+    gateway: Running, upstream: FakeUpstream, store: Stores, tokenizer: bool
 ) -> None:
     await register(store, upstream, tokenizer=tokenizer)
     await gateway.set_price(MODEL, "1000000", "0")  # 1 credit per prompt token
@@ -300,7 +300,7 @@ async def test_hold_uses_the_worker_tokenizer_when_it_has_one(
 
 
 async def test_two_replicas_on_one_store_share_the_budget(
-    gateway: Running, upstream: FakeUpstream, store: Store, settings: GatewaySettings, clock: ManualClock,
+    gateway: Running, upstream: FakeUpstream, store: Stores, settings: GatewaySettings, clock: ManualClock,
 ) -> None:
     # Replicas meet in the store: one Redis, or one SQLite file on one host.
     k = 5
@@ -335,7 +335,7 @@ async def test_two_replicas_on_one_store_share_the_budget(
 
 
 async def test_a_long_stream_keeps_its_hold_past_the_ttl(
-    gateway: Running, upstream: FakeUpstream, store: Store, clock: ManualClock
+    gateway: Running, upstream: FakeUpstream, store: Stores, clock: ManualClock
 ) -> None:
     key = await _credit_per_token(gateway, upstream, store)
     upstream.state.reply_tokens = 30
@@ -350,14 +350,14 @@ async def test_a_long_stream_keeps_its_hold_past_the_ttl(
             clock.advance(300)  # past a third of the 600 s TTL: the next chunk renews the hold
         if seen == 6:
             clock.advance(400)  # past the first expiry, within the renewed one
-            assert await store.reap_holds() == 0
+            assert await store.ledger.reap_holds() == 0
     b = await gateway.balance("acme")
     assert b["spent"] == "30" and b["held"] == "0"
     _consistent(b)
 
 
 async def test_a_client_gone_before_the_first_byte_still_settles(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     await register(store, upstream)
     await gateway.set_price(MODEL, "1000", "1000")
@@ -388,7 +388,7 @@ async def test_a_client_gone_before_the_first_byte_still_settles(
 
 
 async def test_charges_land_right_after_the_answer_with_or_without_more_traffic(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     # The charge follows the answer: with the next request's ledger call, or on its own soon after.
     await register(store, upstream)
@@ -399,7 +399,7 @@ async def test_charges_land_right_after_the_answer_with_or_without_more_traffic(
 
     async def charged(spent: str) -> bool:
         # Read the store itself, not through the gateway (whose ledger reads wait for its charges).
-        b = (await store.balance("acme")).model
+        b = (await store.ledger.balance("acme")).model
         return b.spent == int(spent) * 1_000_000 and b.held == 0
 
     await eventually(lambda: charged("3"))

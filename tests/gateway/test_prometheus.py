@@ -21,7 +21,7 @@ from tests.conftest import stop
 from tests.gateway.conftest import ADMIN_TOKEN, MODEL, Running, eventually, register
 from tests.gateway.fake_upstream import FakeUpstream, free_port
 from tests.gateway.test_metering import MESSAGES
-from vouchers.store import Store
+from vouchers.factory import Stores
 
 _CONFIG = """
 global:
@@ -85,7 +85,7 @@ async def prometheus(prometheus_process: str) -> AsyncIterator[Prometheus]:
 
 
 async def test_prometheus_scrapes_the_burn_down(
-    gateway: Running, upstream: FakeUpstream, store: Store, prometheus: Prometheus
+    gateway: Running, upstream: FakeUpstream, store: Stores, prometheus: Prometheus
 ) -> None:
     await register(store, upstream)
     await gateway.set_price(MODEL, "1000000", "1000000")  # a credit per token

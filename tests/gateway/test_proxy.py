@@ -9,7 +9,7 @@ import pytest
 
 from tests.gateway.conftest import MODEL, Running, register
 from tests.gateway.fake_upstream import FakeUpstream
-from vouchers.store import Store
+from vouchers.factory import Stores
 
 
 def _credits(text: str) -> Decimal:
@@ -20,7 +20,7 @@ def _consistent(b: dict[str, str]) -> None:
     assert _credits(b["granted"]) == _credits(b["spent"]) + _credits(b["held"]) + _credits(b["remaining"])
 
 
-async def test_chat_non_stream_charges_reported_usage(gateway: Running, upstream: FakeUpstream, store: Store) -> None:
+async def test_chat_non_stream_charges_reported_usage(gateway: Running, upstream: FakeUpstream, store: Stores) -> None:
     await register(store, upstream)
     await gateway.set_price(MODEL, "1000", "2000")  # credits per 1M: 0.001 per prompt token, 0.002 per output
     key = await gateway.onboard("acme", "10")
@@ -44,7 +44,7 @@ async def test_chat_non_stream_charges_reported_usage(gateway: Running, upstream
 
 
 async def test_a_repeated_field_reaches_the_model_server_as_the_gateway_read_it(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     # Two `max_tokens`: a model server whose parser kept the first could run past what the hold covers.
     await register(store, upstream)
@@ -60,7 +60,7 @@ async def test_a_repeated_field_reaches_the_model_server_as_the_gateway_read_it(
 
 @pytest.mark.parametrize("include_usage", [False, True])
 async def test_stream_usage_chunk_only_when_asked(
-    gateway: Running, upstream: FakeUpstream, store: Store, include_usage: bool
+    gateway: Running, upstream: FakeUpstream, store: Stores, include_usage: bool
 ) -> None:
     await register(store, upstream)
     await gateway.set_price(MODEL, "1000", "2000")
@@ -84,7 +84,7 @@ async def test_stream_usage_chunk_only_when_asked(
     _consistent(b)
 
 
-async def test_completions_and_embeddings(gateway: Running, upstream: FakeUpstream, store: Store) -> None:
+async def test_completions_and_embeddings(gateway: Running, upstream: FakeUpstream, store: Stores) -> None:
     await register(store, upstream)
     await gateway.set_price(MODEL, "1000", "1000")
     key = await gateway.onboard("acme", "10")
@@ -105,7 +105,7 @@ async def test_completions_and_embeddings(gateway: Running, upstream: FakeUpstre
 
 
 async def test_unpriced_model_is_free_and_needs_no_voucher_but_its_tokens_are_counted(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     await register(store, upstream)
     key = await gateway.onboard("acme", None)

@@ -10,15 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import metering, ratelimit, tokens, validation
+from gateway import errors, metering, ratelimit, tokens, validation
 from gateway.context import Gateway
 from gateway.leases import Leases
 from gateway.sse import StreamCounter
 from gateway.validation import Endpoint
+from vouchers import errors as vouchers_errors
 from vouchers.clock import SystemClock
 from vouchers.errors import InvalidRequest
+from vouchers.factory import Stores
 from vouchers.models import Price, RateDecision
-from vouchers.store import Store
 
 
 def _event(payload: object) -> bytes:
@@ -130,7 +131,7 @@ def test_rate_limit_headers_use_openai_formats() -> None:
 async def test_a_ledger_read_waits_for_earlier_charges_not_for_the_traffic_to_stop() -> None:
     gw = object.__new__(Gateway)  # only the deferred-work part is exercised
     gw.settling = set()
-    gw.leases = Leases(cast(Store, None), SystemClock(), requests=0, idle_s=1, ttl_s=1, events_flow=lambda: False)
+    gw.leases = Leases(cast(Stores, None), SystemClock(), requests=0, idle_s=1, ttl_s=1, events_flow=lambda: False)
     earlier, later = asyncio.Event(), asyncio.Event()
     done: list[str] = []
 
@@ -151,3 +152,26 @@ async def test_a_ledger_read_waits_for_earlier_charges_not_for_the_traffic_to_st
     later.set()
     await asyncio.wait_for(drain, timeout=5)
     assert done == ["earlier", "later"] and not gw.settling
+
+
+@pytest.mark.parametrize(("error", "status", "code"), [
+    (vouchers_errors.InvalidRequest("bad", param="x"), 400, "invalid_request_error"),
+    (vouchers_errors.AuthenticationError("who"), 401, "invalid_api_key"),
+    (vouchers_errors.NotFound("none"), 404, "not_found"),
+    (errors.ModelNotFound("none", param="model"), 404, "model_not_found"),
+    (vouchers_errors.Conflict("taken"), 409, "conflict"),
+    (errors.PayloadTooLarge("big"), 413, "request_too_large"),
+    (vouchers_errors.InsufficientQuota("poor"), 429, "insufficient_quota"),
+    (errors.RateLimited("fast"), 429, "rate_limit_exceeded"),
+    (errors.UpstreamError("down"), 502, "upstream_error"),
+    (errors.ModelUnavailable("busy"), 503, "model_unavailable"),
+    (vouchers_errors.ShuqiError("odd"), 500, "internal_error"),
+])
+def test_each_error_has_the_contract_status_and_openai_shape(
+    error: vouchers_errors.ShuqiError, status: int, code: str
+) -> None:
+    response = errors.error_response(error)
+    payload = orjson.loads(bytes(response.body))["error"]
+    assert (response.status_code, payload["code"], payload["message"], payload["param"]) == (
+        status, code, error.message, error.param)
+    assert (response.headers.get("x-should-retry") == "false") == (code == "insufficient_quota")

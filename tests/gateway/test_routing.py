@@ -11,8 +11,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from gateway import routing
 from tests.gateway.conftest import MODEL, Running, eventually, register
 from tests.gateway.fake_upstream import FakeUpstream
+from vouchers.factory import Stores
 from vouchers.models import WorkerRecord
-from vouchers.store import Store
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
@@ -49,7 +49,7 @@ def second() -> Iterator[FakeUpstream]:
 
 
 async def test_failover_when_a_replica_refuses_connections_and_return_after_recovery(
-    gateway: Running, upstream: FakeUpstream, second: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, second: FakeUpstream, store: Stores
 ) -> None:
     await register(store, upstream, worker_id="w1")
     await register(store, second, worker_id="w2")
@@ -73,7 +73,7 @@ async def test_failover_when_a_replica_refuses_connections_and_return_after_reco
     assert len(upstream.state.requests) == 1
 
 
-async def test_all_replicas_down_is_503(gateway: Running, upstream: FakeUpstream, store: Store) -> None:
+async def test_all_replicas_down_is_503(gateway: Running, upstream: FakeUpstream, store: Stores) -> None:
     await register(store, upstream)
     client = gateway.client(await gateway.onboard("acme"))
     upstream.stop()
@@ -84,7 +84,7 @@ async def test_all_replicas_down_is_503(gateway: Running, upstream: FakeUpstream
 
 
 async def test_private_deployment_serves_only_its_owner(
-    gateway: Running, upstream: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, store: Stores
 ) -> None:
     await register(store, upstream, worker_id="priv", owner="acme", model="acme-tuned")
     acme = gateway.client(await gateway.onboard("acme"))
@@ -99,7 +99,7 @@ async def test_private_deployment_serves_only_its_owner(
 
 
 async def test_a_busy_replica_is_passed_over_for_an_idle_one(
-    gateway: Running, upstream: FakeUpstream, second: FakeUpstream, store: Store
+    gateway: Running, upstream: FakeUpstream, second: FakeUpstream, store: Stores
 ) -> None:
     await register(store, upstream, worker_id="w1")
     await register(store, second, worker_id="w2")

@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 
 from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from scheduler.config import SchedulerConfig
 from scheduler.deployments import WorkerLaunch
 from scheduler.ray_cluster import RayCluster
@@ -21,9 +20,9 @@ from scheduler.ray_jobs import RayJobs
 from scheduler.service import Scheduler
 from tests.gateway.fake_upstream import UvicornThread
 from vouchers.clock import SystemClock
-from vouchers.factory import ClosableJobStore, open_job_store, open_store
+from vouchers.factory import Stores, open_stores
 from vouchers.job_rules import parse_weights
-from vouchers.store import Store
+from vouchers.settings import GatewaySettings
 
 ADMIN_TOKEN = "admin-test-token"
 WEIGHTS = "a=1,b=2"
@@ -36,8 +35,7 @@ class Stack:
     store_url: str
     namespace: str
     admin: httpx.AsyncClient
-    ledger: Store
-    jobs: ClosableJobStore
+    stores: Stores
     ray: RayJobs
     schedulers: dict[str, tuple[Scheduler, asyncio.Task[None]]] = field(default_factory=dict)
     clients: list[httpx.AsyncClient] = field(default_factory=list)
@@ -80,8 +78,9 @@ class Stack:
 
     def start_scheduler(self, instance: str, config: SchedulerConfig | None = None) -> Scheduler:
         config = config or scheduler_config()
-        scheduler = Scheduler(jobs=self.jobs, state=self.jobs, ledger=self.ledger, cluster=RayCluster(self.ray),
-                              config=config, clock=SystemClock(), instance=instance, deployments=self.jobs,
+        scheduler = Scheduler(jobs=self.stores.jobs, state=self.stores.jobs, ledger=self.stores.ledger,
+                              catalog=self.stores.catalog, cluster=RayCluster(self.ray),
+                              config=config, clock=SystemClock(), instance=instance, deployments=self.stores.jobs,
                               launch=WorkerLaunch())
         self.schedulers[instance] = (scheduler, asyncio.create_task(scheduler.run()))
         return scheduler
@@ -108,17 +107,16 @@ async def running_stack(store_url: str, data_dir: Path, namespace: str, dashboar
     server = UvicornThread(create_app(settings), lifespan="on", as_gateway=True)
     server.start()
     clock = SystemClock()
-    ledger = await open_store(store_url, data_dir=data_dir, clock=clock, namespace=namespace)
-    jobs = await open_job_store(store_url, data_dir=data_dir, clock=clock, namespace=namespace)
+    stores = await open_stores(store_url, data_dir=data_dir, clock=clock, namespace=namespace)
     admin = httpx.AsyncClient(base_url=server.url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
-    stack = Stack(server.url, store_url, namespace, admin, ledger, jobs, RayJobs(dashboard_url, token))
+    stack = Stack(server.url, store_url, namespace, admin, stores, RayJobs(dashboard_url, token))
     stack.start_scheduler("s1")
     try:
         yield stack
     finally:
         for instance in list(stack.schedulers):
             await stack.stop_scheduler(instance)
-        for job in await stack.jobs.list_jobs(limit=1000):
+        for job in await stack.stores.jobs.list_jobs(limit=1000):
             with contextlib.suppress(Exception):
                 await stack.ray.stop(job.id)
         for client in stack.clients:
@@ -126,5 +124,4 @@ async def running_stack(store_url: str, data_dir: Path, namespace: str, dashboar
         await admin.aclose()
         await stack.ray.aclose()
         server.stop()
-        await jobs.close()
-        await ledger.close()
+        await stores.close()

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.app import create_app
-from gateway.settings import GatewaySettings
 from shuqi.cli import app
 from tests.gateway.fake_upstream import UvicornThread
+from vouchers.settings import GatewaySettings
 
 ADMIN = "cli-admin-token"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from vouchers.deployments import Deployment, DeploymentState
-from vouchers.factory import ClosableJobStore
+from vouchers.jobs import JobRecords as ClosableJobStore
 
 
 def _deployment(i: int, owner: str | None = None) -> Deployment:

@@ -9,8 +9,8 @@ import pytest
 
 from vouchers.clock import ManualClock
 from vouchers.errors import Conflict
-from vouchers.factory import ClosableJobStore
 from vouchers.jobs import Job, JobStatus, QueueFull, Usage
+from vouchers.jobs import JobRecords as ClosableJobStore
 
 
 def _job(startup: str = "acme", *, key: str | None = None, at: float = 1000.0, **kw: object) -> Job:

@@ -1,4 +1,4 @@
-"""The same random operations on SqliteStore and RedisStore must leave the same ledger.
+"""The same random operations on the SQLite and the Redis stores must leave the same ledger.
 
 Each step runs on both stores (one shared manual clock) and compares the outcomes (the record, or the
 error's type and param); after each step balances, vouchers, holds, journal lines and usage totals
@@ -26,9 +26,8 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, multip
 from tests.conftest import _drop_namespace, redis_url
 from vouchers.clock import ManualClock
 from vouchers.errors import InsufficientQuota, ShuqiError
-from vouchers.factory import open_store
+from vouchers.factory import Stores, open_stores
 from vouchers.models import ChargeRef, Hold, Voucher
-from vouchers.store import Store
 from vouchers.units import MAX_AMOUNT, Kind
 
 pytestmark = pytest.mark.redis
@@ -40,7 +39,7 @@ SECONDS = st.sampled_from([0.1, 0.3, 0.5, 1, 7, 30, 90])
 SETTLE_KEYS = st.none() | st.sampled_from(["", "k1", "k2"])
 
 Pair = tuple[str, str]  # (SQLite id, Redis id) of one voucher or hold
-Call = Callable[[Store, int], Awaitable[Any]]  # an operation on one store; the int picks its side of a Pair
+Call = Callable[[Stores, int], Awaitable[Any]]  # an operation on one store; the int picks its side of a Pair
 
 
 class DifferentialMachine(RuleBasedStateMachine):
@@ -57,10 +56,10 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.hold_pairs: list[Pair] = []
         self.times: list[float] = []  # starts and expiries, to land on exactly
         url = f"sqlite:///{self.dir / 'ledger.db'}"
-        self.stores: list[Store] = []
-        self.stores.append(self.run(open_store(url, data_dir=self.dir, clock=self.clock)))
+        self.stores: list[Stores] = []
+        self.stores.append(self.run(open_stores(url, data_dir=self.dir, clock=self.clock)))
         self.stores.append(
-            self.run(open_store(redis_url(), data_dir=self.dir, clock=self.clock, namespace=self.namespace))
+            self.run(open_stores(redis_url(), data_dir=self.dir, clock=self.clock, namespace=self.namespace))
         )
         for startup in STARTUPS:
             self.both(_create(startup))
@@ -121,7 +120,8 @@ class DifferentialMachine(RuleBasedStateMachine):
         start = self.clock.now() + delay
         expires = None if life is None else start + life
         lite, red = self.both(
-            lambda s, _: s.grant(startup, kind, amount, effective_at=start, expires_at=expires, priority=priority)
+            lambda s, _: s.ledger.grant(startup, kind, amount, effective_at=start, expires_at=expires,
+                                        priority=priority)
         )
         self.times += [start] if expires is None else [start, expires]
         self.clock.advance(0.25)  # distinct grant times: burn order never falls back to the random ids
@@ -129,7 +129,7 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     @rule(voucher=vouchers)
     def void(self, voucher: Pair) -> None:
-        self.both(lambda s, side: s.void_voucher(voucher[side]))
+        self.both(lambda s, side: s.ledger.void_voucher(voucher[side]))
 
     @rule(
         target=holds,
@@ -140,7 +140,8 @@ class DifferentialMachine(RuleBasedStateMachine):
         key=st.integers(0, 3),
     )
     def reserve(self, startup: str, kind: Kind, amount: int, ttl: float, key: int) -> Any:
-        lite, red = self.both(lambda s, _: s.reserve(startup, kind, amount, ttl_s=ttl, idempotency_key=f"r{key}"))
+        lite, red = self.both(
+            lambda s, _: s.ledger.reserve(startup, kind, amount, ttl_s=ttl, idempotency_key=f"r{key}"))
         if not isinstance(lite, Hold) or (lite.id, red.id) in self.hold_pairs:
             return multiple()
         self.times.append(lite.expires_at)
@@ -150,7 +151,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     @rule(hold=holds, actual=st.integers(0, 150), final=st.booleans(), key=SETTLE_KEYS)
     def settle(self, hold: Pair, actual: int, final: bool, key: str | None) -> None:
         ref = ChargeRef(f"req-{key}", model="m1", prompt_tokens=3, completion_tokens=4, gpu_type="a100")
-        self.both(lambda s, side: s.settle(hold[side], actual, ref, final=final, idempotency_key=key))
+        self.both(lambda s, side: s.ledger.settle(hold[side], actual, ref, final=final, idempotency_key=key))
 
     @rule(
         charges=st.lists(st.tuples(st.none() | holds, st.integers(0, 150), st.sampled_from(["m1", "m2"])),
@@ -159,11 +160,11 @@ class DifferentialMachine(RuleBasedStateMachine):
     def charge_together(self, charges: list[tuple[Pair | None, int, str]]) -> None:
         """Charges made at once (one batch of script calls on Redis), repeats and unknown holds among them."""
 
-        async def call(s: Store, side: int) -> list[Any]:
+        async def call(s: Stores, side: int) -> list[Any]:
             refs = [ChargeRef(f"c{i}", model=m, prompt_tokens=i, completion_tokens=a) for i, (_, a, m) in
                     enumerate(charges)]
             outcomes = await asyncio.gather(*(
-                s.charge(hold[side] if hold else "hold_missing", actual, ref)
+                s.ledger.charge(hold[side] if hold else "hold_missing", actual, ref)
                 for (hold, actual, _), ref in zip(charges, refs, strict=True)
             ), return_exceptions=True)
             return [(type(o).__name__, o.param) if isinstance(o, ShuqiError) else o for o in outcomes]
@@ -172,11 +173,11 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     @rule(hold=holds)
     def release(self, hold: Pair) -> None:
-        self.both(lambda s, side: s.release(hold[side]))
+        self.both(lambda s, side: s.ledger.release(hold[side]))
 
     @rule(hold=holds, ttl=SECONDS, add=st.integers(0, 50) | st.just(MAX_AMOUNT))
     def extend(self, hold: Pair, ttl: float, add: int) -> None:
-        lite, _ = self.both(lambda s, side: s.extend(hold[side], ttl_s=ttl, add_amount=add))
+        lite, _ = self.both(lambda s, side: s.ledger.extend(hold[side], ttl_s=ttl, add_amount=add))
         if isinstance(lite, Hold):
             self.times.append(lite.expires_at)
 
@@ -192,7 +193,7 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     @rule()
     def reap(self) -> None:
-        self.both(lambda s, _: s.reap_holds())
+        self.both(lambda s, _: s.ledger.reap_holds())
 
     @invariant()
     def same_ledger(self) -> None:
@@ -202,28 +203,28 @@ class DifferentialMachine(RuleBasedStateMachine):
             self.both(_journal(startup))
         for pair in self.hold_pairs:
             self.both(_hold(pair))
-        self.both(lambda s, _: s.journal())
-        self.both(lambda s, _: s.usage_totals())
+        self.both(lambda s, _: s.journal.journal())
+        self.both(lambda s, _: s.journal.usage_totals())
 
 
 def _create(startup: str) -> Call:
-    return lambda s, _: s.create_startup(startup, startup.title())
+    return lambda s, _: s.directory.create_startup(startup, startup.title())
 
 
 def _balance(startup: str) -> Call:
-    return lambda s, _: s.balance(startup)
+    return lambda s, _: s.ledger.balance(startup)
 
 
 def _vouchers(startup: str) -> Call:
-    return lambda s, _: s.list_vouchers(startup)
+    return lambda s, _: s.ledger.list_vouchers(startup)
 
 
 def _journal(startup: str) -> Call:
-    return lambda s, _: s.journal(startup)
+    return lambda s, _: s.journal.journal(startup)
 
 
 def _hold(pair: Pair) -> Call:
-    return lambda s, side: s.get_hold(pair[side])
+    return lambda s, side: s.ledger.get_hold(pair[side])
 
 
 def test_sqlite_and_redis_keep_the_same_ledger() -> None:

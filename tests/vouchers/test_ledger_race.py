@@ -19,9 +19,8 @@ import pytest
 from tests.conftest import _drop_namespace, store_url
 from vouchers.clock import SystemClock
 from vouchers.errors import InsufficientQuota
-from vouchers.factory import open_store
+from vouchers.factory import Stores, open_stores
 from vouchers.models import ChargeRef
-from vouchers.store import Store
 from vouchers.units import Kind
 
 pytestmark = pytest.mark.slow
@@ -33,9 +32,9 @@ K = 137  # reserves that fit, of PROCESSES * PER_PROCESS attempts
 STARTUP = "race"
 
 
-async def _open(url: str, data_dir: Path, namespace: str) -> Store:
+async def _open(url: str, data_dir: Path, namespace: str) -> Stores:
     # The system clock: every process must agree on what time it is.
-    return await open_store(url, data_dir=data_dir, clock=SystemClock(), namespace=namespace)
+    return await open_stores(url, data_dir=data_dir, clock=SystemClock(), namespace=namespace)
 
 
 def _run_in_child(job: str, url: str, data_dir: str, namespace: str, arg: str, barrier: Barrier, out: Any) -> None:
@@ -51,10 +50,10 @@ def _run_in_child(job: str, url: str, data_dir: str, namespace: str, arg: str, b
             runner.run(store.close())
 
 
-async def _reserve_burst(store: Store, tag: str) -> dict[str, int]:
+async def _reserve_burst(store: Stores, tag: str) -> dict[str, int]:
     async def one(n: int) -> str:
         try:
-            await store.reserve(STARTUP, Kind.MODEL, AMOUNT, ttl_s=600, idempotency_key=f"{tag}-{n}")
+            await store.ledger.reserve(STARTUP, Kind.MODEL, AMOUNT, ttl_s=600, idempotency_key=f"{tag}-{n}")
         except InsufficientQuota:
             return "refused"
         return "held"
@@ -63,10 +62,10 @@ async def _reserve_burst(store: Store, tag: str) -> dict[str, int]:
     return dict(Counter(o if isinstance(o, str) else type(o).__name__ for o in outcomes))
 
 
-async def _settle_burst(store: Store, hold_id: str) -> list[int]:
+async def _settle_burst(store: Stores, hold_id: str) -> list[int]:
     lines = await asyncio.gather(
         *(
-            store.settle(hold_id, 60, ChargeRef("req-once", model="m1"), idempotency_key="settle-once")
+            store.ledger.settle(hold_id, 60, ChargeRef("req-once", model="m1"), idempotency_key="settle-once")
             for _ in range(50)
         )
     )
@@ -105,17 +104,17 @@ async def test_exactly_k_reserves_fit(race_url: tuple[str, str], tmp_path: Path)
     url, namespace = race_url
     store = await _open(url, tmp_path, namespace)
     try:
-        await store.create_startup(STARTUP, "Race")
+        await store.directory.create_startup(STARTUP, "Race")
         # Three vouchers, so reserves also race across voucher boundaries.
         for part in (300, 400, K * AMOUNT - 700):
-            await store.grant(STARTUP, Kind.MODEL, part)
+            await store.ledger.grant(STARTUP, Kind.MODEL, part)
         tags = [f"p{i}" for i in range(PROCESSES)]
         results = await asyncio.to_thread(_run_processes, "reserve", url, tmp_path, namespace, tags)
         totals: Counter[str] = Counter()
         for result in results:
             totals.update(result)
         assert totals == Counter({"held": K, "refused": PROCESSES * PER_PROCESS - K})
-        balance = (await store.balance(STARTUP)).model
+        balance = (await store.ledger.balance(STARTUP)).model
         assert (balance.held, balance.remaining, balance.spent) == (K * AMOUNT, 0, 0)
     finally:
         await store.close()
@@ -125,14 +124,14 @@ async def test_concurrent_settle_retries_charge_once(race_url: tuple[str, str], 
     url, namespace = race_url
     store = await _open(url, tmp_path, namespace)
     try:
-        await store.create_startup(STARTUP, "Race")
-        await store.grant(STARTUP, Kind.MODEL, 1000)
-        hold = await store.reserve(STARTUP, Kind.MODEL, 100, ttl_s=600, idempotency_key="req-once")
+        await store.directory.create_startup(STARTUP, "Race")
+        await store.ledger.grant(STARTUP, Kind.MODEL, 1000)
+        hold = await store.ledger.reserve(STARTUP, Kind.MODEL, 100, ttl_s=600, idempotency_key="req-once")
         results = await asyncio.to_thread(_run_processes, "settle", url, tmp_path, namespace, [hold.id] * PROCESSES)
         assert len({seq for seqs in results for seq in seqs}) == 1
-        lines = await store.journal(STARTUP)
+        lines = await store.journal.journal(STARTUP)
         assert [line.amount for line in lines] == [60]
-        balance = (await store.balance(STARTUP)).model
+        balance = (await store.ledger.balance(STARTUP)).model
         assert (balance.spent, balance.held, balance.remaining) == (60, 0, 940)
     finally:
         await store.close()

@@ -29,11 +29,11 @@ from hypothesis.stateful import (
 )
 
 from tests.conftest import _drop_namespace, redis_url
+from vouchers import rules
 from vouchers.clock import ManualClock
 from vouchers.errors import Conflict, InsufficientQuota, InvalidRequest
-from vouchers.factory import open_store
+from vouchers.factory import Stores, open_stores
 from vouchers.models import ChargeRef, HoldStatus
-from vouchers.store import Store
 from vouchers.units import Kind
 
 KINDS = st.sampled_from([Kind.MODEL, Kind.COMPUTE])
@@ -49,18 +49,9 @@ class MVoucher:
     expires_at: float | None
     priority: int
     created_at: float
-    voided: bool = False
+    voided_at: float | None = None
     spent: int = 0
     held: int = 0
-
-    def in_force(self, now: float) -> bool:
-        if self.voided or now < self.effective_at:
-            return False
-        return self.expires_at is None or now < self.expires_at
-
-    def burn_key(self) -> tuple[int, float, float, str]:
-        expiry = self.expires_at if self.expires_at is not None else float("inf")
-        return (self.priority, expiry, self.created_at, self.id)
 
 
 @dataclass
@@ -75,7 +66,7 @@ class MHold:
 
 @dataclass
 class Model:
-    """The ledger rules of `vouchers.store`, written as plainly as possible."""
+    """The ledger rules of `vouchers.ledger`, written as plainly as possible over the pure `vouchers.rules`."""
 
     vouchers: dict[str, MVoucher] = field(default_factory=dict)
     holds: dict[str, MHold] = field(default_factory=dict)
@@ -84,11 +75,10 @@ class Model:
     journal_lines: int = 0
 
     def burn_order(self, kind: Kind, now: float) -> list[MVoucher]:
-        live = [v for v in self.vouchers.values() if v.kind is kind and v.in_force(now)]
-        return sorted(live, key=MVoucher.burn_key)
+        return rules.burn_order((v for v in self.vouchers.values() if v.kind is kind), now)
 
     def available(self, kind: Kind, now: float) -> int:
-        return sum(v.amount - v.spent - v.held for v in self.burn_order(kind, now))
+        return sum(rules.free(v) for v in self.burn_order(kind, now))
 
     def release(self, hold: MHold) -> None:
         if hold.status is HoldStatus.OPEN:
@@ -106,31 +96,29 @@ class Model:
     def allocate(self, kind: Kind, amount: int, now: float) -> dict[str, int] | None:
         if self.available(kind, now) < amount:
             return None
-        taken: dict[str, int] = {}
-        for v in self.burn_order(kind, now):
-            take = min(v.amount - v.spent - v.held, amount)
-            if take:
-                v.held += take
-                taken[v.id] = take
-                amount -= take
-        return taken
+        live = self.burn_order(kind, now)
+        taken, _ = rules.allocate(((v.id, rules.free(v)) for v in live), amount)
+        for voucher_id, take in taken:
+            self.vouchers[voucher_id].held += take
+        return dict(taken)
 
     def debit(self, hold: MHold, actual: int, final: bool, now: float) -> tuple[int, int]:
         """(amount debited, overage) of a settle that is not a replay."""
         left = actual
         if hold.status is HoldStatus.OPEN:
-            for v in sorted((self.vouchers[i] for i in hold.allocations), key=MVoucher.burn_key):
-                take = min(hold.allocations[v.id], left) if v.in_force(now) else 0
-                v.spent += take
-                v.held -= take
-                hold.allocations[v.id] -= take
-                left -= take
+            parts = sorted((self.vouchers[i] for i in hold.allocations), key=rules.burn_key)
+            taken, left = rules.allocate(
+                ((v.id, hold.allocations[v.id] if rules.in_force(v, now) else 0) for v in parts), left)
+            for voucher_id, take in taken:
+                self.vouchers[voucher_id].spent += take
+                self.vouchers[voucher_id].held -= take
+                hold.allocations[voucher_id] -= take
             if final:
                 self.release(hold)
-        for v in self.burn_order(hold.kind, now):
-            take = min(v.amount - v.spent - v.held, left)
-            v.spent += take
-            left -= take
+        live = self.burn_order(hold.kind, now)
+        taken, left = rules.allocate(((v.id, rules.free(v)) for v in live), left)
+        for voucher_id, take in taken:
+            self.vouchers[voucher_id].spent += take
         if final:
             hold.status = HoldStatus.SETTLED
         self.journal_lines += 1
@@ -150,8 +138,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.dir = Path(tempfile.mkdtemp(prefix="shuqi-stateful-"))
         self.namespace = f"test-{uuid.uuid4().hex[:12]}"
         url = redis_url() if self.backend == "redis" else f"sqlite:///{self.dir / 'ledger.db'}"
-        self.store: Store = self.run(open_store(url, data_dir=self.dir, clock=self.clock, namespace=self.namespace))
-        self.run(self.store.create_startup(STARTUP, "Acme"))
+        self.store: Stores = self.run(open_stores(url, data_dir=self.dir, clock=self.clock, namespace=self.namespace))
+        self.run(self.store.directory.create_startup(STARTUP, "Acme"))
         self.model = Model()
 
     def run(self, coro: Any) -> Any:
@@ -182,7 +170,8 @@ class LedgerMachine(RuleBasedStateMachine):
         effective = self.now + delay
         expires = None if life is None else effective + life
         v = self.run(
-            self.store.grant(STARTUP, kind, amount, effective_at=effective, expires_at=expires, priority=priority)
+            self.store.ledger.grant(STARTUP, kind, amount, effective_at=effective, expires_at=expires,
+                                    priority=priority)
         )
         self.model.vouchers[v.id] = MVoucher(v.id, kind, amount, effective, expires, priority, v.created_at)
         self.clock.advance(1)  # distinct grant times keep "oldest first" meaningful
@@ -190,24 +179,25 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(voucher=vouchers)
     def void(self, voucher: str) -> None:
-        self.run(self.store.void_voucher(voucher))
-        self.model.vouchers[voucher].voided = True
+        self.run(self.store.ledger.void_voucher(voucher))
+        modelled = self.model.vouchers[voucher]
+        modelled.voided_at = modelled.voided_at if modelled.voided_at is not None else self.clock.now()
 
     @rule(target=holds, kind=KINDS, amount=st.integers(0, 120), ttl=st.integers(1, 120), key=st.integers(0, 20))
     def reserve(self, kind: Kind, amount: int, ttl: int, key: int) -> Any:
         idem = f"r{key}"
         known = self.model.reserve_keys.get(idem)
         if known is not None:
-            hold = self.run(self.store.reserve(STARTUP, kind, amount, ttl_s=ttl, idempotency_key=idem))
+            hold = self.run(self.store.ledger.reserve(STARTUP, kind, amount, ttl_s=ttl, idempotency_key=idem))
             assert hold.id == known and hold.replayed
             return multiple()
         self.model.release_expired(self.now)
         taken = self.model.allocate(kind, amount, self.now)
         if taken is None:
             with pytest.raises(InsufficientQuota):
-                self.run(self.store.reserve(STARTUP, kind, amount, ttl_s=ttl, idempotency_key=idem))
+                self.run(self.store.ledger.reserve(STARTUP, kind, amount, ttl_s=ttl, idempotency_key=idem))
             return multiple()
-        hold = self.run(self.store.reserve(STARTUP, kind, amount, ttl_s=ttl, idempotency_key=idem))
+        hold = self.run(self.store.ledger.reserve(STARTUP, kind, amount, ttl_s=ttl, idempotency_key=idem))
         assert dict(hold.allocations) == taken and not hold.replayed
         self.model.holds[hold.id] = MHold(hold.id, kind, taken, self.now + ttl)
         self.model.reserve_keys[idem] = hold.id
@@ -223,13 +213,13 @@ class LedgerMachine(RuleBasedStateMachine):
         ref = ChargeRef(f"req-{key}", model="m1", prompt_tokens=1, completion_tokens=2)
         if not final and key is None:
             with pytest.raises(InvalidRequest):
-                self.run(self.store.settle(hold, actual, ref, final=False))
+                self.run(self.store.ledger.settle(hold, actual, ref, final=False))
             return
         mhold = self.model.holds[hold]
         replay = self.model.settle_keys.get(key) if key is not None else None
         if replay is None and final and mhold.status is HoldStatus.SETTLED:
             replay = mhold.final_seq
-        line = self.run(self.store.settle(hold, actual, ref, final=final, idempotency_key=key))
+        line = self.run(self.store.ledger.settle(hold, actual, ref, final=final, idempotency_key=key))
         if replay is not None:
             assert line.seq == replay
             return
@@ -243,12 +233,12 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(data=st.data(), hold=holds, actual=st.integers(0, 150))
     def retry_settle(self, data: st.DataObject, hold: str, actual: int) -> None:
         key = data.draw(st.sampled_from(sorted(self.model.settle_keys)))
-        line = self.run(self.store.settle(hold, actual, ChargeRef("retry"), final=True, idempotency_key=key))
+        line = self.run(self.store.ledger.settle(hold, actual, ChargeRef("retry"), final=True, idempotency_key=key))
         assert line.seq == self.model.settle_keys[key]
 
     @rule(hold=holds)
     def release(self, hold: str) -> None:
-        released = self.run(self.store.release(hold))
+        released = self.run(self.store.ledger.release(hold))
         self.model.release(self.model.holds[hold])
         assert released.status is self.model.holds[hold].status
 
@@ -257,7 +247,7 @@ class LedgerMachine(RuleBasedStateMachine):
         mhold = self.model.holds[hold]
         if mhold.status is not HoldStatus.OPEN or mhold.expires_at <= self.now:
             with pytest.raises(Conflict):
-                self.run(self.store.extend(hold, ttl_s=ttl, add_amount=add))
+                self.run(self.store.ledger.extend(hold, ttl_s=ttl, add_amount=add))
             return
         taken: dict[str, int] | None = {}
         if add:
@@ -265,9 +255,9 @@ class LedgerMachine(RuleBasedStateMachine):
             taken = self.model.allocate(mhold.kind, add, self.now)
         if taken is None:
             with pytest.raises(InsufficientQuota):
-                self.run(self.store.extend(hold, ttl_s=ttl, add_amount=add))
+                self.run(self.store.ledger.extend(hold, ttl_s=ttl, add_amount=add))
             return
-        extended = self.run(self.store.extend(hold, ttl_s=ttl, add_amount=add))
+        extended = self.run(self.store.ledger.extend(hold, ttl_s=ttl, add_amount=add))
         for voucher_id, part in taken.items():
             mhold.allocations[voucher_id] = mhold.allocations.get(voucher_id, 0) + part
         mhold.expires_at = self.now + ttl
@@ -280,24 +270,24 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule()
     def reap(self) -> None:
-        assert self.run(self.store.reap_holds()) == self.model.release_expired(self.now)
+        assert self.run(self.store.ledger.reap_holds()) == self.model.release_expired(self.now)
 
     @invariant()
     def ledger_adds_up(self) -> None:
         self.run(self._check())
 
     async def _check(self) -> None:
-        balance = await self.store.balance(STARTUP)
+        balance = await self.store.ledger.balance(STARTUP)
         for kind in Kind:
             figures = balance.of(kind)
             assert figures.remaining >= 0
             assert figures.granted == figures.spent + figures.held + figures.remaining
             assert figures.remaining == self.model.available(kind, self.now)
-        vouchers = await self.store.list_vouchers(STARTUP)
+        vouchers = await self.store.ledger.list_vouchers(STARTUP)
         assert {v.id: (v.spent, v.held) for v in vouchers} == {
             v.id: (v.spent, v.held) for v in self.model.vouchers.values()
         }
-        lines = await self.store.journal(STARTUP)
+        lines = await self.store.journal.journal(STARTUP)
         assert sum(line.amount for line in lines) == sum(v.spent for v in vouchers)
         keys = [line.idempotency_key for line in lines]
         assert len(keys) == len(set(keys)) == self.model.journal_lines

@@ -12,8 +12,8 @@ import pytest
 
 from vouchers.clock import ManualClock
 from vouchers.errors import Conflict
+from vouchers.factory import open_stores
 from vouchers.sqlite_runner import SqliteRunner
-from vouchers.sqlite_store import SqliteStore
 
 
 def _write_then_fail(conn: sqlite3.Connection) -> None:
@@ -56,12 +56,14 @@ async def test_a_failing_operation_undoes_only_itself(tmp_path: Path) -> None:
 
 async def test_two_stores_on_one_file_see_each_other(tmp_path: Path) -> None:
     clock = ManualClock()
-    first = await SqliteStore.open(tmp_path / "sub" / "ledger.db", clock=clock)
-    second = await SqliteStore.open(tmp_path / "sub" / "ledger.db", clock=clock)
+    url = f"sqlite:///{tmp_path / 'sub' / 'ledger.db'}"
+    first = await open_stores(url, data_dir=tmp_path, clock=clock)
+    second = await open_stores(url, data_dir=tmp_path, clock=clock)
     try:
-        await first.create_startup("acme", "Acme")
-        assert (await second.get_startup("acme")) is not None
-        mode = await second._runner.run(lambda c: c.execute("PRAGMA journal_mode").fetchone(), write=False)
+        await first.directory.create_startup("acme", "Acme")
+        assert (await second.directory.get_startup("acme")) is not None
+        with sqlite3.connect(tmp_path / "sub" / "ledger.db") as conn:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()
         assert mode == ("wal",)
     finally:
         await first.close()
@@ -69,8 +71,8 @@ async def test_two_stores_on_one_file_see_each_other(tmp_path: Path) -> None:
 
 
 async def test_closed_store_refuses_work(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "ledger.db", clock=ManualClock())
+    store = await open_stores("sqlite", data_dir=tmp_path, clock=ManualClock())
     await store.close()
     await store.close()  # closing twice is harmless
     with pytest.raises(RuntimeError):
-        await store.list_startups()
+        await store.directory.list_startups()

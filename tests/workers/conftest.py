@@ -14,11 +14,10 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.server import uvicorn_config
-from gateway.settings import GatewaySettings
-from vouchers.factory import open_store
+from vouchers.factory import Stores, open_stores
 from vouchers.keys import hash_secret, new_id, new_secret
 from vouchers.models import ApiKey
-from vouchers.store import Store
+from vouchers.settings import GatewaySettings
 from vouchers.units import Kind
 from workers.engine import ModelSpec
 from workers.process import free_port
@@ -49,9 +48,9 @@ def ledger_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def system_store(ledger_url: str, tmp_path: Path) -> AsyncIterator[Store]:
+async def system_store(ledger_url: str, tmp_path: Path) -> AsyncIterator[Stores]:
     """A SQLite store on the wall clock: workers heartbeat from other processes with real time."""
-    store = await open_store(ledger_url, data_dir=tmp_path)
+    store = await open_stores(ledger_url, data_dir=tmp_path)
     try:
         yield store
     finally:
@@ -113,11 +112,11 @@ async def running_gateway(tmp_path: Path, ledger_url: str, **settings: Any) -> A
         await task
 
 
-async def startup_with_key(store: Store, credits: int) -> tuple[str, str]:
+async def startup_with_key(store: Stores, credits: int) -> tuple[str, str]:
     """A new startup with a model voucher of `credits` (micro-credits); (its id, its key's secret)."""
     startup = new_id("acme")
-    await store.create_startup(startup, "Acme AI")
+    await store.directory.create_startup(startup, "Acme AI")
     secret = new_secret()
-    await store.add_key(ApiKey(new_id("key"), startup, "ci", hash_secret(secret), secret[:12], 0.0))
-    await store.grant(startup, Kind.MODEL, credits)
+    await store.directory.add_key(ApiKey(new_id("key"), startup, "ci", hash_secret(secret), secret[:12], 0.0))
+    await store.ledger.grant(startup, Kind.MODEL, credits)
     return startup, secret

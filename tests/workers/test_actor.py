@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from vouchers.store import Store
+from vouchers.factory import Stores
 from vouchers.units import token_cost
 from workers.actor import launch
 from workers.service import WorkerSettings, WorkerState
@@ -25,16 +25,16 @@ MODEL = "smollm2-135m-gpu"
 
 
 async def test_gpu_worker_lands_on_a_logical_gpu_and_the_gateway_charges_its_usage(
-    ray_cluster: None, system_store: Store, ledger_url: str, worker_settings: WorkerSettings, tmp_path: Path
+    ray_cluster: None, system_store: Stores, ledger_url: str, worker_settings: WorkerSettings, tmp_path: Path
 ) -> None:
     spec = smollm2(MODEL, gpus=1)
-    await system_store.set_price(price_of(spec))
+    await system_store.catalog.set_price(price_of(spec))
     handle: Any = launch(spec, worker_settings, num_cpus=0)
     status = await handle.start.remote()
     try:
         assert status.state is WorkerState.READY
         assert status.env.get("CUDA_VISIBLE_DEVICES") in {"0", "1", "2", "3"}
-        [record] = await system_store.list_workers(MODEL)
+        [record] = await system_store.registry.list_workers(MODEL)
         assert record.url == status.url
 
         startup, secret = await startup_with_key(system_store, 10_000_000)
@@ -65,7 +65,7 @@ async def test_gpu_worker_lands_on_a_logical_gpu_and_the_gateway_charges_its_usa
         assert streamed_usage.prompt_tokens == reply.usage.prompt_tokens
 
         price = price_of(spec)
-        lines = await system_store.journal(startup)
+        lines = await system_store.journal.journal(startup)
         assert [(line.ref.prompt_tokens, line.ref.completion_tokens) for line in lines] == [
             (u.prompt_tokens, u.completion_tokens) for u in (reply.usage, streamed_usage)
         ]
@@ -74,9 +74,9 @@ async def test_gpu_worker_lands_on_a_logical_gpu_and_the_gateway_charges_its_usa
             for u in (reply.usage, streamed_usage)
         ]
         assert [line.amount for line in lines] == expected
-        balance = await system_store.balance(startup)
+        balance = await system_store.ledger.balance(startup)
         assert balance.model.spent == sum(expected) > 0 and balance.model.held == 0
     finally:
         stopped = await handle.stop.remote()
     assert stopped.state is WorkerState.STOPPED
-    assert await system_store.list_workers(MODEL) == []
+    assert await system_store.registry.list_workers(MODEL) == []

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from shuqi.up import seed_prices
+from vouchers.factory import Stores
 from vouchers.models import Price
-from vouchers.store import Store
 from vouchers.units import parse_price
 from workers.specs import load_config, parse_config, price_of
 
@@ -58,12 +58,12 @@ def test_unknown_model_names_the_known_ones() -> None:
         load_config().get("gpt-9")
 
 
-async def test_prices_are_seeded_once_and_an_admin_price_wins(store: Store) -> None:
+async def test_prices_are_seeded_once_and_an_admin_price_wins(store: Stores) -> None:
     spec = load_config().get("smollm2-135m")
     assert await seed_prices(store, [spec]) == ["smollm2-135m"]
-    assert await store.get_price("smollm2-135m") == price_of(spec)
+    assert await store.catalog.get_price("smollm2-135m") == price_of(spec)
 
     admin_price = Price("smollm2-135m", input_per_1m=7, output_per_1m=9)
-    await store.set_price(admin_price)
+    await store.catalog.set_price(admin_price)
     assert await seed_prices(store, [spec]) == []
-    assert await store.get_price("smollm2-135m") == admin_price
+    assert await store.catalog.get_price("smollm2-135m") == admin_price

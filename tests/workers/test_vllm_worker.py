@@ -20,7 +20,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from vouchers.store import Store
+from vouchers.factory import Stores
 from vouchers.units import token_cost
 from workers.actor import launch
 from workers.engine import ModelSpec
@@ -87,17 +87,17 @@ def metric_total(text: str, family_name: str) -> float:
 
 
 async def test_vllm_worker_serves_through_the_gateway_and_is_charged_its_engine_usage(
-    ray_cluster: None, system_store: Store, ledger_url: str, vllm_spec: ModelSpec,
+    ray_cluster: None, system_store: Stores, ledger_url: str, vllm_spec: ModelSpec,
     vllm_worker_settings: WorkerSettings, tmp_path: Path,
 ) -> None:
-    await system_store.set_price(price_of(vllm_spec))
+    await system_store.catalog.set_price(price_of(vllm_spec))
     handle: Any = launch(vllm_spec, vllm_worker_settings, num_cpus=0)
     started = time.monotonic()
     status = await handle.start.remote()
     log.info("vLLM worker healthy after %.0f s", time.monotonic() - started)
     try:
         assert status.state is WorkerState.READY
-        [record] = await system_store.list_workers(MODEL)
+        [record] = await system_store.registry.list_workers(MODEL)
         assert (record.url, record.engine, record.tokenize_path) == (status.url, "vllm", "/tokenize")
 
         startup, secret = await startup_with_key(system_store, VOUCHER)
@@ -115,7 +115,7 @@ async def test_vllm_worker_serves_through_the_gateway_and_is_charged_its_engine_
     finally:
         stopped = await handle.stop.remote()
     assert stopped.state is WorkerState.STOPPED
-    assert await system_store.list_workers(MODEL) == []
+    assert await system_store.registry.list_workers(MODEL) == []
 
     assert long.choices[0].text and reply.choices[0].message.content and text
     assert long.usage is not None and reply.usage is not None and streamed is not None
@@ -129,12 +129,12 @@ async def test_vllm_worker_serves_through_the_gateway_and_is_charged_its_engine_
     price = price_of(vllm_spec)
     expected = [token_cost(u.prompt_tokens, u.completion_tokens, price.input_per_1m, price.output_per_1m)
                 for u in usages]
-    lines = await system_store.journal(startup)
+    lines = await system_store.journal.journal(startup)
     assert [(line.ref.prompt_tokens, line.ref.completion_tokens) for line in lines] == [
         (u.prompt_tokens, u.completion_tokens) for u in usages
     ]
     assert [line.amount for line in lines] == expected
-    balance = await system_store.balance(startup)
+    balance = await system_store.ledger.balance(startup)
     assert balance.model.spent == sum(expected) > 0
     assert balance.model.held == 0 and balance.model.remaining == VOUCHER - sum(expected)
 

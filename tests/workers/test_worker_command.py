@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from vouchers.store import Store
+from vouchers.factory import Stores
 from workers.process import descendants
 
 pytestmark = pytest.mark.slow
@@ -45,13 +45,13 @@ def _start(tmp_path: Path, ray_address: str | None = None) -> subprocess.Popen[s
 
 
 async def test_worker_command_serves_registers_and_cleans_up_on_sigterm(
-    tmp_path: Path, system_store: Store
+    tmp_path: Path, system_store: Stores
 ) -> None:
     proc = _start(tmp_path)
     try:
         line = _serving_line(proc, timeout_s=120)
         url = line.rsplit(" at ", 1)[1].strip()
-        [record] = await system_store.list_workers("smollm2-135m")
+        [record] = await system_store.registry.list_workers("smollm2-135m")
         assert record.url == url
         async with httpx.AsyncClient(timeout=30) as client:
             assert (await client.get(url + "/v1/models")).json()["data"][0]["id"] == "smollm2-135m"
@@ -63,7 +63,7 @@ async def test_worker_command_serves_registers_and_cleans_up_on_sigterm(
         assert proc.stdout is not None
         proc.stdout.close()
     assert code == 0
-    assert await system_store.list_workers() == []
+    assert await system_store.registry.list_workers() == []
     assert not any(_not_zombie(pid) for pid in engine)
 
 
@@ -88,14 +88,14 @@ def _commands(pids: list[int]) -> str:
 
 @pytest.mark.ray
 async def test_worker_command_with_ray_address_runs_the_engine_in_a_ray_actor(
-    tmp_path: Path, system_store: Store, ray_cluster: None
+    tmp_path: Path, system_store: Stores, ray_cluster: None
 ) -> None:
     import ray
 
     proc = _start(tmp_path, ray_address=ray.get_runtime_context().gcs_address)
     try:
         url = _serving_line(proc, timeout_s=120).rsplit(" at ", 1)[1].strip()
-        [record] = await system_store.list_workers("smollm2-135m")
+        [record] = await system_store.registry.list_workers("smollm2-135m")
         assert record.url == url
         # The engine runs under Ray's worker process, not under the command.
         assert "llamacpp_server" not in _commands(descendants(proc.pid))
@@ -105,4 +105,4 @@ async def test_worker_command_with_ray_address_runs_the_engine_in_a_ray_actor(
         assert proc.stdout is not None
         proc.stdout.close()
     assert code == 0
-    assert await system_store.list_workers() == []
+    assert await system_store.registry.list_workers() == []

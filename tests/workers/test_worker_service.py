@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from vouchers.store import Store
+from vouchers.factory import Stores
 from workers.engines import get_engine
 from workers.service import WorkerService, WorkerSettings, WorkerState
 
@@ -37,12 +37,12 @@ def _gone(pid: int) -> bool:
     return not os.path.exists(f"/proc/{pid}")
 
 
-async def test_worker_registers_serves_and_deregisters(system_store: Store, worker_settings: WorkerSettings) -> None:
+async def test_worker_registers_serves_and_deregisters(system_store: Stores, worker_settings: WorkerSettings) -> None:
     service = WorkerService(smollm2(), get_engine("llamacpp"), worker_settings)
     status = await service.start()
     try:
         assert status.state is WorkerState.READY
-        [record] = await system_store.list_workers("smollm2-135m")
+        [record] = await system_store.registry.list_workers("smollm2-135m")
         assert (record.id, record.url, record.engine) == (status.worker_id, status.url, "llamacpp")
         assert record.tokenize_path == "/extras/tokenize" and record.context_length == 1024
         async with httpx.AsyncClient(base_url=record.url, timeout=60) as client:
@@ -62,12 +62,12 @@ async def test_worker_registers_serves_and_deregisters(system_store: Store, work
     finally:
         stopped = await service.stop()
     assert stopped.state is WorkerState.STOPPED
-    assert await system_store.list_workers("smollm2-135m") == []
+    assert await system_store.registry.list_workers("smollm2-135m") == []
     assert status.pid is not None and _gone(status.pid)
 
 
 async def test_killed_engine_leaves_routing_within_the_ttl_and_comes_back(
-    system_store: Store, worker_settings: WorkerSettings
+    system_store: Stores, worker_settings: WorkerSettings
 ) -> None:
     service = WorkerService(smollm2(), get_engine("llamacpp"), worker_settings)
     first = await service.start()
@@ -76,19 +76,19 @@ async def test_killed_engine_leaves_routing_within_the_ttl_and_comes_back(
         os.kill(first.pid, signal.SIGKILL)
 
         async def gone() -> bool:
-            return not await system_store.list_workers("smollm2-135m")
+            return not await system_store.registry.list_workers("smollm2-135m")
 
         took = await wait_until(gone, timeout_s=worker_settings.heartbeat_ttl_s)
         assert took < worker_settings.heartbeat_ttl_s
 
         async def back() -> bool:
-            return bool(await system_store.list_workers("smollm2-135m"))
+            return bool(await system_store.registry.list_workers("smollm2-135m"))
 
         await wait_until(back, timeout_s=60)
         again = service.status()
         assert again.state is WorkerState.READY and again.restarts == 1
         assert again.last_exit == -signal.SIGKILL and again.pid not in (None, first.pid)
-        [record] = await system_store.list_workers("smollm2-135m")
+        [record] = await system_store.registry.list_workers("smollm2-135m")
         assert record.url == again.url
         async with httpx.AsyncClient(timeout=30) as client:
             assert (await client.get(record.url + "/v1/models")).status_code == 200
@@ -97,7 +97,7 @@ async def test_killed_engine_leaves_routing_within_the_ttl_and_comes_back(
 
 
 async def test_engine_that_cannot_start_is_reported_failed(
-    system_store: Store, worker_settings: WorkerSettings, tmp_path: Path
+    system_store: Stores, worker_settings: WorkerSettings, tmp_path: Path
 ) -> None:
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"not a gguf file" * 100)
@@ -107,11 +107,11 @@ async def test_engine_that_cannot_start_is_reported_failed(
     status = service.status()
     assert status.state is WorkerState.FAILED
     assert status.restarts == worker_settings.max_restarts and status.last_exit not in (None, 0)
-    assert await system_store.list_workers() == []
+    assert await system_store.registry.list_workers() == []
 
 
 async def test_probes_during_a_stream_answer_at_once_and_do_not_cut_it(
-    system_store: Store, worker_settings: WorkerSettings
+    system_store: Stores, worker_settings: WorkerSettings
 ) -> None:
     service = WorkerService(smollm2(), get_engine("llamacpp"), worker_settings)
     status = await service.start()

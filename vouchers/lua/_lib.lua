@@ -2,7 +2,7 @@
 -- Amounts are integers kept in doubles (exact below 2^53); they are written back with %d because
 -- Redis would otherwise turn a large Lua number into exponent notation.
 
--- What a hold reads back as, in this order (see RedisStore._hold).
+-- What a hold reads back as, in this order (see redis_codec.HOLD_FIELDS).
 local HOLD_FIELDS = {'info', 'amount', 'allocations', 'expires_at', 'status', 'settled'}
 
 local function fmt(n)
