@@ -46,6 +46,7 @@ GPU_TYPE_PREFIX = "accelerator_type:"
 DEFAULT_GPU_TYPE = "default"
 # Asked per job: any fraction works since a node of type T carries `accelerator_type:T` = 1.
 GPU_TYPE_REQUEST = 0.001
+NODE_ID_LABEL = "ray.io/node-id"  # every node carries it
 _STATE_LIMIT = 10_000  # the State API truncates at 100 by default
 
 
@@ -199,12 +200,10 @@ def package_working_dir(path: Path) -> tuple[str, bytes]:
 class RayJobs:
     """Async client of one cluster's Jobs API and State API (see the module docstring)."""
 
-    def __init__(self, dashboard_url: str, token: str | None, *, timeout_s: float = 10.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, dashboard_url: str, token: str | None, *, timeout_s: float = 10.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout_s = timeout_s
-        self._http = httpx.AsyncClient(base_url=dashboard_url.rstrip("/"), headers=headers,
-                                       timeout=timeout_s, transport=transport)
+        self._http = httpx.AsyncClient(base_url=dashboard_url.rstrip("/"), headers=headers, timeout=timeout_s)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -241,11 +240,14 @@ class RayJobs:
         return f"gcs://{name}"
 
     async def submit(self, *, submission_id: str, entrypoint: str, gpus: float, gpu_type: str | None,
-                     env: Mapping[str, str], working_dir: Path | None, metadata: Mapping[str, str]) -> None:
+                     env: Mapping[str, str], working_dir: Path | None, metadata: Mapping[str, str],
+                     node_id: str | None = None) -> None:
         """Start a job under `submission_id`; a second submit of the same id is a no-op.
 
-        `gpu_type` None or "default" asks for no particular type. `working_dir` is a directory or a
-        .zip of one; it is uploaded to the cluster (content-addressed, so once per content).
+        `gpu_type` None or "default" asks for no particular type. `node_id` pins the entrypoint to
+        that node (Ray's `ray.io/node-id` label), for a scheduler that picked the node itself.
+        `working_dir` is a directory or a .zip of one; it is uploaded to the cluster
+        (content-addressed, so once per content).
         """
         runtime_env: dict[str, Any] = {"env_vars": dict(env)}
         if working_dir is not None:
@@ -260,6 +262,8 @@ class RayJobs:
         }
         if gpu_type and gpu_type != DEFAULT_GPU_TYPE:
             body["entrypoint_resources"] = {GPU_TYPE_PREFIX + gpu_type: GPU_TYPE_REQUEST}
+        if node_id is not None:
+            body["entrypoint_label_selector"] = {NODE_ID_LABEL: node_id}
         response = await self._request("POST", "/api/jobs/", json=body)
         if response.status_code == 200:
             return

@@ -58,6 +58,16 @@ async def test_a_job_asking_for_type_b_runs_on_node_b_and_sees_one_gpu(
     assert len(visible.split(",")) == 1 and visible in {"0", "1"}
 
 
+async def test_a_job_pinned_to_a_node_runs_there(ray_jobs: RayJobs, gpu_cluster: GpuCluster) -> None:
+    # Unpinned, Ray places an entrypoint that fits on the head node (where the job manager runs) there.
+    sid = new_id()
+    await ray_jobs.submit(submission_id=sid, entrypoint=python("print('pinned')"), gpus=2, gpu_type=None, env={},
+                          working_dir=None, metadata={}, node_id=gpu_cluster.node_b)
+    done = await wait_status(ray_jobs, sid, TERMINAL)
+    assert done.status == RayJobStatus.SUCCEEDED, done.message
+    assert done.driver_node_id == gpu_cluster.node_b
+
+
 async def test_env_vars_and_working_dir_reach_the_job(ray_jobs: RayJobs, tmp_path: Path) -> None:
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "data.txt").write_text("shipped data\n")
