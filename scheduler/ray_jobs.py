@@ -46,8 +46,10 @@ GPU_TYPE_PREFIX = "accelerator_type:"
 DEFAULT_GPU_TYPE = "default"
 # Asked per job: any fraction works since a node of type T carries `accelerator_type:T` = 1.
 GPU_TYPE_REQUEST = 0.001
-NODE_ID_LABEL = "ray.io/node-id"  # every node carries it
 _STATE_LIMIT = 10_000  # the State API truncates at 100 by default
+
+
+NODE_ID_LABEL = "ray.io/node-id"
 
 
 class RayError(Exception):
@@ -244,10 +246,8 @@ class RayJobs:
                      node_id: str | None = None) -> None:
         """Start a job under `submission_id`; a second submit of the same id is a no-op.
 
-        `gpu_type` None or "default" asks for no particular type. `node_id` pins the entrypoint to
-        that node (Ray's `ray.io/node-id` label), for a scheduler that picked the node itself.
-        `working_dir` is a directory or a .zip of one; it is uploaded to the cluster
-        (content-addressed, so once per content).
+        `gpu_type` None or "default" asks for no particular type. `working_dir` is a directory or a
+        .zip of one; it is uploaded to the cluster (content-addressed, so once per content).
         """
         runtime_env: dict[str, Any] = {"env_vars": dict(env)}
         if working_dir is not None:
@@ -262,7 +262,9 @@ class RayJobs:
         }
         if gpu_type and gpu_type != DEFAULT_GPU_TYPE:
             body["entrypoint_resources"] = {GPU_TYPE_PREFIX + gpu_type: GPU_TYPE_REQUEST}
-        if node_id is not None:
+        if node_id:
+            # Pinned to the node the scheduler placed it on (Ray's default node label), so its plan and
+            # Ray's placement agree and backfill reservations hold.
             body["entrypoint_label_selector"] = {NODE_ID_LABEL: node_id}
         response = await self._request("POST", "/api/jobs/", json=body)
         if response.status_code == 200:
