@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from typing import Any
 
 from workers.engine import ModelSpec
@@ -74,6 +75,11 @@ def init_ray(*, token: str | None = None, **kwargs: Any) -> Any:
     imported (an explicit address never turns token auth on by itself), so they are set first.
     """
     if token is not None:
+        ready = os.environ.get("RAY_AUTH_MODE") == "token" and os.environ.get("RAY_AUTH_TOKEN") == token
+        if "ray._raylet" in sys.modules and not ready:
+            # Measured on Ray 2.60: set after the import, the token is ignored and ray.init fails with a
+            # bare ConnectionError; say why instead.
+            raise RuntimeError("init_ray(token=...) must run before this process first imports ray")
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN"] = token
     import ray

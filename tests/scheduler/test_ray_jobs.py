@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -192,6 +193,15 @@ async def test_a_node_lost_under_a_running_job_fails_the_job(ray_jobs: RayJobs, 
 
 async def _node_dead(jobs: RayJobs, node_id: str) -> bool:
     return any(node.node_id == node_id and not node.alive for node in await jobs.nodes())
+
+
+async def test_a_dashboard_that_is_down_raises_unavailable() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        async with RayJobs(f"http://127.0.0.1:{port}", "token", timeout_s=5) as jobs:
+            with pytest.raises(RayUnavailable):
+                await jobs.nodes()
 
 
 async def test_a_hung_dashboard_raises_within_the_timeout() -> None:
