@@ -202,12 +202,10 @@ def package_working_dir(path: Path) -> tuple[str, bytes]:
 class RayJobs:
     """Async client of one cluster's Jobs API and State API (see the module docstring)."""
 
-    def __init__(self, dashboard_url: str, token: str | None, *, timeout_s: float = 10.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, dashboard_url: str, token: str | None, *, timeout_s: float = 10.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout_s = timeout_s
-        self._http = httpx.AsyncClient(base_url=dashboard_url.rstrip("/"), headers=headers,
-                                       timeout=timeout_s, transport=transport)
+        self._http = httpx.AsyncClient(base_url=dashboard_url.rstrip("/"), headers=headers, timeout=timeout_s)
 
     async def aclose(self) -> None:
         await self._http.aclose()

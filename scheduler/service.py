@@ -78,6 +78,7 @@ class Scheduler:
             store=deployments, ledger=ledger, cluster=cluster, charger=self.charger, weights=config.gpu_weights,
             launch=launch or WorkerLaunch(), clock=clock)
         self.leading = False
+        self.leaderships = 0  # times this instance took the lead
         self.last_pass: PassReport | None = None
         self._was_running: set[str] = set()
         self._cover_checked_at = float("-inf")
@@ -103,6 +104,7 @@ class Scheduler:
             leading = False
         if leading and not self.leading:
             log.info("scheduler %s leads", self.instance)
+            self.leaderships += 1
             self._was_running = set()  # what a previous leader was running is found again in the store
             try:
                 await self._recover()

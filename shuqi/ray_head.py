@@ -4,8 +4,9 @@ Everything Ray starts (the job supervisor, a job's entrypoint, its tasks and act
 environment of the raylet that started it, so the process that starts Ray decides what every job
 can read. `shuqi up` holds the admin token, the store URL with its password and the gateway's
 settings; started from it directly, Ray would hand all of them to every job. Here the node gets
-`scrubbed_env(os.environ)` instead: no SHUQI_* setting, no REDIS_URL, nothing named like a secret,
-no URL carrying a password; Ray's own auth variables stay (a job needs the cluster token to use
+`scrubbed_env(os.environ)` instead: no SHUQI_* setting (but the worker engines' paths), no
+REDIS_URL, nothing named like a secret, no URL carrying a password; Ray's own auth variables stay
+(a job needs the cluster token to use
 Ray at all; what that implies for tenants is in the README's trust model).
 
 The head writes its address to `<temp_dir>/ray_current_cluster`; with Ray's default temp dir that
@@ -40,6 +41,9 @@ from workers.process import free_port
 RAY_AUTH_VARS = frozenset({"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"})
 _SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
 _DROPPED = frozenset({"REDIS_URL", "DATABASE_URL"})
+# The SHUQI_* settings worker actors read inside Ray (paths, no secret); every other SHUQI_* is dropped,
+# so a setting added later stays out of jobs unless it is named here.
+SHUQI_PASSED = frozenset({"SHUQI_VLLM_PYTHON", "SHUQI_VLLM_MODELS", "SHUQI_MODELS"})
 # scheme://user:password@host: a URL that carries a password, whatever the variable is called.
 _URL_WITH_PASSWORD = re.compile(r"^[A-Za-z][\w+.-]*://[^/@\s]*:[^/@\s]*@")
 _PR_SET_PDEATHSIG = 1
@@ -50,7 +54,7 @@ def scrubbed_env(environ: Mapping[str, str]) -> dict[str, str]:
     """`environ` without shuqi's settings, store URLs or anything that looks like a secret."""
     kept = {}
     for name, value in environ.items():
-        if name in RAY_AUTH_VARS:
+        if name in RAY_AUTH_VARS or name in SHUQI_PASSED:
             kept[name] = value
             continue
         upper = name.upper()

@@ -20,12 +20,13 @@ from typing import Any, TypeVar
 
 import uvicorn
 
+from shuqi.ray_head import NodeSpec, RayCluster, default_token
 from vouchers.catalog import Catalog
 from vouchers.clock import Clock, SystemClock
 from vouchers.factory import Stores, open_stores
 from vouchers.settings import UpSettings
 from workers.engine import ModelSpec
-from workers.process import finish_tree, free_port, snapshot_tree
+from workers.process import finish_tree, snapshot_tree
 from workers.service import WorkerSettings
 from workers.specs import ModelConfig, load_config, price_of
 
@@ -34,6 +35,8 @@ T = TypeVar("T")
 
 _WORKER_START_TIMEOUT_S = 300.0
 _WORKER_STOP_TIMEOUT_S = 30.0
+# Ray's default object store is 30% of memory; the stack's objects are small (no tensors pass through).
+_OBJECT_STORE_BYTES = 512 * 1024 * 1024
 
 
 async def seed_prices(catalog: Catalog, specs: list[ModelSpec]) -> list[str]:
@@ -52,24 +55,32 @@ def worker_settings(settings: UpSettings) -> WorkerSettings:
                           namespace=settings.namespace)
 
 
-def _start_ray(settings: UpSettings) -> str:
-    """Start a local Ray head (random GCS port, never 6379; token auth on); the dashboard URL.
+def _start_ray(settings: UpSettings) -> RayCluster:
+    """Fork the local Ray head: its own process group, a scrubbed environment, token auth on.
 
-    The dashboard and its Jobs API listen on loopback only. Ray binds GCS and the raylet to every
-    interface whatever it is asked, and protects them with its token.
+    The head is `ray start --block`, not a `ray.init` in this process: everything Ray starts inherits
+    the environment of the process that started it, and this one holds the admin token and the store
+    URL (see shuqi/ray_head.py). Its GCS port is free (never 6379); the dashboard and its Jobs API
+    listen on loopback only. Ray binds GCS and the raylet to every interface whatever it is asked, and
+    protects them with its token (`~/.ray/auth_token`, which Ray's own CLI reads too).
+    Call it from the event loop's thread: the head is told to stop when the forking thread dies.
     """
+    head = NodeSpec(num_gpus=settings.logical_gpus, object_store_bytes=_OBJECT_STORE_BYTES)
+    return RayCluster.start(head, token=default_token(), log_dir=settings.data_dir.resolve() / "logs")
+
+
+def _connect_ray(cluster: RayCluster) -> None:
+    """Wait for the head, then join it as a driver (the worker actors are launched from here)."""
     from workers.actor import init_ray
 
-    context = init_ray(
-        num_gpus=settings.logical_gpus,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=free_port(),
+    cluster.wait_ready()
+    init_ray(
+        address=cluster.address.gcs_address,
+        token=cluster.token,
         namespace="shuqi",
         log_to_driver=False,
         logging_level=logging.WARNING,
     )
-    return f"http://{context.dashboard_url}"
 
 
 def _stop_ray() -> None:
@@ -96,14 +107,13 @@ async def _stop_workers(handles: list[Any]) -> None:
             logger.warning("worker did not stop cleanly: %s", exc)
 
 
-async def _start_scheduler(settings: UpSettings, stores: Stores, clock: Clock, dashboard_url: str,
+async def _start_scheduler(settings: UpSettings, stores: Stores, clock: Clock, cluster: RayCluster,
                            stack: contextlib.AsyncExitStack) -> Any:
     """The scheduler on the local Ray head, in this process, over the stores `up` opened; its stop is on `stack`."""
-    from scheduler.ray_jobs import read_token
     from scheduler.run import build, worker_env
 
-    sched = settings.model_copy(update={"ray_dashboard": dashboard_url})
-    scheduler = build(sched, stores, token=read_token(), clock=clock, worker_env=worker_env(sched))
+    sched = settings.model_copy(update={"ray_dashboard": cluster.dashboard_url})
+    scheduler = build(sched, stores, token=cluster.token, clock=clock, worker_env=worker_env(sched))
     task = asyncio.create_task(scheduler.run())
 
     async def stop() -> None:
@@ -235,9 +245,13 @@ async def _bring_up(
     seeded = await seed_prices(stores.catalog, specs)
     logger.info("prices seeded from the model config: %s", seeded)
 
-    # ray.init blocks for seconds; a thread keeps the loop (and the signal handlers) responsive.
-    dashboard_url = await asyncio.to_thread(_start_ray, settings)
+    cluster = _start_ray(settings)
+    stack.push_async_callback(asyncio.to_thread, cluster.stop)
+    # Waiting for the head and ray.init block for seconds; a thread keeps the loop (and the signal
+    # handlers) responsive.
+    await asyncio.to_thread(_connect_ray, cluster)
     stack.push_async_callback(asyncio.to_thread, _stop_ray)
+    dashboard_url = cluster.dashboard_url
     if stop.is_set():
         return 0
     try:
@@ -249,7 +263,7 @@ async def _bring_up(
     if handles is None:
         return 0
     stack.push_async_callback(_stop_workers, handles)
-    scheduler = await _start_scheduler(settings, stores, clock, dashboard_url, stack)
+    scheduler = await _start_scheduler(settings, stores, clock, cluster, stack)
 
     server = _gateway_server(settings, stores, clock, [scheduler.metrics.registry])
     if server is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from typing import Any
 
 from workers.engine import ModelSpec
@@ -65,12 +66,22 @@ class _NoSigtermWarning(logging.Filter):
         return "SIGTERM handler is not set" not in record.getMessage()
 
 
-def init_ray(**kwargs: Any) -> Any:
+def init_ray(*, token: str | None = None, **kwargs: Any) -> Any:
     """ray.init for services that own their signals and call it off the main thread; its context.
 
     Off the main thread ray.init sets no SIGTERM handler of its own (on it, it would replace ours with
-    sys.exit) and warns about it; the warning is noise here.
+    sys.exit) and warns about it; the warning is noise here. With `token`, this process joins a
+    token-auth cluster: Ray reads the mode and token from the environment once, when it is first
+    imported (an explicit address never turns token auth on by itself), so they are set first.
     """
+    if token is not None:
+        ready = os.environ.get("RAY_AUTH_MODE") == "token" and os.environ.get("RAY_AUTH_TOKEN") == token
+        if "ray._raylet" in sys.modules and not ready:
+            # Measured on Ray 2.60: set after the import, the token is ignored and ray.init fails with a
+            # bare ConnectionError; say why instead.
+            raise RuntimeError("init_ray(token=...) must run before this process first imports ray")
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = token
     import ray
 
     logging.getLogger("ray._private.worker").addFilter(_NoSigtermWarning())

@@ -2,7 +2,7 @@
 
 Both nodes are `ray start` processes on this machine (logical GPUs, token auth on, dashboard on a free
 loopback port), started by `shuqi.ray_head` as `shuqi up` starts its head: from an environment holding
-secrets, which the nodes must not pass on to jobs. Started once per session, stopped at its end.
+secrets, which the nodes must not pass on to jobs. Started once, stopped after the last test of this package.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ class GpuCluster:
         self.cluster.remove_node(node_id, graceful=False)
 
 
-@pytest.fixture(scope="session")
+# Package scope: started once, for the first test here that needs it, and stopped when this package's tests
+# are done, so it never runs beside the Ray clusters of tests/shuqi and tests/workers (2 cores).
+@pytest.fixture(scope="package")
 def gpu_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuCluster]:
     environ = {**os.environ, **SECRETS}
     cluster = RayCluster.start(

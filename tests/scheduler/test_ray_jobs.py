@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -56,6 +57,16 @@ async def test_a_job_asking_for_type_b_runs_on_node_b_and_sees_one_gpu(
     assert done.driver_node_id == gpu_cluster.node_b
     visible = (await ray_jobs.logs(sid)).rsplit("CVD=", 1)[1].split()[0]  # the last: the command line comes first
     assert len(visible.split(",")) == 1 and visible in {"0", "1"}
+
+
+async def test_a_job_pinned_to_a_node_runs_there(ray_jobs: RayJobs, gpu_cluster: GpuCluster) -> None:
+    # Unpinned, Ray places an entrypoint that fits on the head node (where the job manager runs) there.
+    sid = new_id()
+    await ray_jobs.submit(submission_id=sid, entrypoint=python("print('pinned')"), gpus=2, gpu_type=None, env={},
+                          working_dir=None, metadata={}, node_id=gpu_cluster.node_b)
+    done = await wait_status(ray_jobs, sid, TERMINAL)
+    assert done.status == RayJobStatus.SUCCEEDED, done.message
+    assert done.driver_node_id == gpu_cluster.node_b
 
 
 async def test_env_vars_and_working_dir_reach_the_job(ray_jobs: RayJobs, tmp_path: Path) -> None:
@@ -182,6 +193,15 @@ async def test_a_node_lost_under_a_running_job_fails_the_job(ray_jobs: RayJobs, 
 
 async def _node_dead(jobs: RayJobs, node_id: str) -> bool:
     return any(node.node_id == node_id and not node.alive for node in await jobs.nodes())
+
+
+async def test_a_dashboard_that_is_down_raises_unavailable() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        async with RayJobs(f"http://127.0.0.1:{port}", "token", timeout_s=5) as jobs:
+            with pytest.raises(RayUnavailable):
+                await jobs.nodes()
 
 
 async def test_a_hung_dashboard_raises_within_the_timeout() -> None:
