@@ -210,7 +210,7 @@ async def test_a_standby_takes_over_when_the_leader_dies(gpu_cluster: GpuCluster
         assert leader.leading and not standby.leading
         await s.stop_scheduler("s1")
         done = await s.wait(acme, job["id"])
-        assert standby.leaderships == 1  # took over (a pass slowed by load may let its own lease lapse later)
+        assert standby.leaderships >= 1  # it took over
         assert done["status"] == "SUCCEEDED"
         assert await _compute_lines_ms(acme) == _charged_ms(done)
         assert (await s.compute(acme))["held"] == 0
