@@ -2,8 +2,9 @@
 
 `open_stores` returns one `Stores` bundle: a part per concept, all on one backend, sharing its one SQLite
 thread or its one Redis connection pool. A service keeps the parts it uses (a worker only the registry);
-whoever opened the bundle closes it. A new concept (the scheduler's jobs) is one more field here and one
-more line in each backend's builder below.
+whoever opened the bundle closes it. A new concept (the scheduler's jobs) is one more field on `Stores`
+and one more line in each backend's builder below (`jobs=SqliteJobs(runner, clock)`,
+`jobs=RedisJobs(client, namespace, clock)`), each builder having the backend's shared parts at hand.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ class Stores:
     registry: Registry
     jobs: JobRecords  # the scheduler's: jobs, its shared state, deployments
     events: EventFeed
-    backend: str  # "sqlite" or "redis"
     _close: Callable[[], Awaitable[None]]
 
     async def close(self) -> None:
@@ -98,7 +98,6 @@ async def _open_sqlite(path: Path, clock: Clock) -> Stores:
         registry=SqliteRegistry(runner, clock),
         jobs=SqliteJobs(runner, clock),
         events=Unheard(),
-        backend="sqlite",
         _close=runner.close,
     )
 
@@ -154,7 +153,6 @@ async def _open_redis(url: str, clock: Clock, namespace: str, pool_size: int) ->
         registry=RedisRegistry(client, keys, clock, scripts),
         jobs=jobs,
         events=events,
-        backend="redis",
         _close=close,
     )
 

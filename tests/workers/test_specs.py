@@ -60,10 +60,10 @@ def test_unknown_model_names_the_known_ones() -> None:
 
 async def test_prices_are_seeded_once_and_an_admin_price_wins(store: Stores) -> None:
     spec = load_config().get("smollm2-135m")
-    assert await seed_prices(store, [spec]) == ["smollm2-135m"]
+    assert await seed_prices(store.catalog, [spec]) == ["smollm2-135m"]
     assert await store.catalog.get_price("smollm2-135m") == price_of(spec)
 
     admin_price = Price("smollm2-135m", input_per_1m=7, output_per_1m=9)
     await store.catalog.set_price(admin_price)
-    assert await seed_prices(store, [spec]) == []
+    assert await seed_prices(store.catalog, [spec]) == []
     assert await store.catalog.get_price("smollm2-135m") == admin_price
