@@ -111,7 +111,7 @@ async def healthz(request: Request) -> Response:
     healthy = [w for w in gw.workers.workers if gw.workers.is_healthy(w.id)]
     if not healthy:
         missing.append("a healthy worker")
-    if gw.settings.require_scheduler and store_ok and await gw.jobs.capacity() is None:
+    if gw.settings.require_scheduler and store_ok and await gw.scheduling.capacity() is None:
         missing.append("the scheduler")
     body = {"status": "ok" if not missing else "unavailable", "store": store_ok,
             "workers": {"known": len(gw.workers.workers), "healthy": len(healthy)},
@@ -127,7 +127,7 @@ async def metrics_page(request: Request) -> Response:
     text = await metrics.render(s.directory, s.ledger, s.journal, gw.metrics, gw.workers.counts(), gw.clock.now())
     active = await gw.jobs.list_jobs(statuses=(JobStatus.QUEUED, JobStatus.RUNNING), limit=10**9)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(metrics.Snapshot(job_families(active, await gw.jobs.capacity(), gw.clock.now())))
+    registry.register(metrics.Snapshot(job_families(active, await gw.scheduling.capacity(), gw.clock.now())))
     text += bytes(generate_latest(registry))
     for extra in gw.extra_metrics:
         text += bytes(generate_latest(extra))

@@ -20,7 +20,7 @@ from gateway.registry import WorkerTable
 from vouchers.clock import Clock
 from vouchers.events import LedgerEvent
 from vouchers.factory import Stores
-from vouchers.jobs import JobRecords
+from vouchers.jobs import JobStore, SchedulerState
 from vouchers.settings import GatewaySettings
 
 
@@ -50,9 +50,13 @@ class Gateway:
                              ttl_s=s.hold_ttl_s, events_flow=self.events_flow)
 
     @property
-    def jobs(self) -> JobRecords:
-        """Job records and what the scheduler publishes (capacity, estimates), deployments."""
+    def jobs(self) -> JobStore:
         return self.stores.jobs
+
+    @property
+    def scheduling(self) -> SchedulerState:
+        """What the scheduler publishes: the cluster's capacity, queue estimates; and its wake-up signal."""
+        return self.stores.scheduling
 
     def events_flow(self) -> bool:
         """True while every revocation and void reaches this replica before the admin call returns."""

@@ -56,7 +56,7 @@ async def create_deployment(request: Request, body: DeploymentIn) -> Response:
     owner = None if body.owner == "shared" else body.owner
     if owner is not None and await gw.stores.directory.get_startup(owner) is None:
         raise InvalidRequest(f"no startup {owner!r}", param="owner")
-    nodes = await gw.jobs.capacity() or []
+    nodes = await gw.scheduling.capacity() or []
     fits = [n for n in nodes if n.alive and n.gpus >= body.gpus and body.gpu_type in (None, n.gpu_type)]
     if nodes and not fits:
         raise InvalidRequest(f"no node has {body.gpus} GPUs{' of that type' if body.gpu_type else ''}",
@@ -72,20 +72,20 @@ async def create_deployment(request: Request, body: DeploymentIn) -> Response:
     d = Deployment(id=new_id("dep"), name=body.name, engine=body.engine, model=body.model, gpus=body.gpus,
                    replicas=body.replicas, created_at=gw.clock.now(), owner=owner, gpu_type=body.gpu_type,
                    max_model_len=body.max_model_len, capacity=body.capacity)
-    await gw.jobs.create_deployment(d)
-    await gw.jobs.touch()
+    await gw.stores.deployments.create_deployment(d)
+    await gw.scheduling.touch()
     return _json(_shown(d), 201)
 
 
 async def list_deployments(request: Request) -> Response:
     """GET /admin/v1/deployments."""
-    found = await gateway_of(request).jobs.list_deployments()
+    found = await gateway_of(request).stores.deployments.list_deployments()
     return _json({"object": "list", "data": [_shown(d) for d in found]})
 
 
 async def get_deployment(request: Request, deployment_id: str) -> Response:
     """GET /admin/v1/deployments/{id}."""
-    d = await gateway_of(request).jobs.get_deployment(deployment_id)
+    d = await gateway_of(request).stores.deployments.get_deployment(deployment_id)
     if d is None:
         raise NotFound(f"No deployment {deployment_id!r}.")
     return _json(_shown(d))
@@ -95,14 +95,14 @@ async def delete_deployment(request: Request, deployment_id: str) -> Response:
     """DELETE /admin/v1/deployments/{id}: the scheduler stops its replicas and settles its GPU time."""
     gw = gateway_of(request)
     for _ in range(3):
-        d = await gw.jobs.get_deployment(deployment_id)
+        d = await gw.stores.deployments.get_deployment(deployment_id)
         if d is None:
             raise NotFound(f"No deployment {deployment_id!r}.")
         if d.state.is_final():
             return _json(_shown(d))
-        asked = await gw.jobs.update_deployment(d.id, d.state, {"stop_requested": True})
+        asked = await gw.stores.deployments.update_deployment(d.id, d.state, {"stop_requested": True})
         if asked is not None:
-            await gw.jobs.touch()
+            await gw.scheduling.touch()
             return _json(_shown(asked))
     raise InvalidRequest("the deployment kept changing; try again")
 

@@ -95,7 +95,7 @@ async def _own(gw: Gateway, startup_id: str, job_id: str) -> Job:
 
 
 async def _shown(gw: Gateway, jobs: list[Job]) -> list[dict[str, Any]]:
-    estimates = await gw.jobs.estimates([j.id for j in jobs if j.status is JobStatus.QUEUED])
+    estimates = await gw.scheduling.estimates([j.id for j in jobs if j.status is JobStatus.QUEUED])
     return [wire.job(j, estimates.get(j.id)) for j in jobs]
 
 
@@ -110,7 +110,7 @@ async def submit_job(request: Request) -> Response:
     if key is not None and not 0 < len(key) <= _MAX_IDEMPOTENCY_KEY:
         raise InvalidRequest(f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters.")
     archive = _archive(body, s.max_job_archive_bytes)
-    nodes = await gw.jobs.capacity()
+    nodes = await gw.scheduling.capacity()
     if nodes is None:
         raise ServiceUnavailable("The scheduler has not reported the cluster yet; try again shortly.",
                                    headers={"retry-after": "5"})
@@ -145,7 +145,7 @@ async def submit_job(request: Request) -> Response:
             raise IdempotencyMismatch("This Idempotency-Key was used for another job.",
                                       headers={"x-should-retry": "false"})
         return _json((await _shown(gw, [created]))[0], 200, {"idempotent-replayed": "true"})
-    await gw.jobs.touch()
+    await gw.scheduling.touch()
     return _json((await _shown(gw, [created]))[0], 201)
 
 
@@ -190,7 +190,7 @@ async def cancel_job(request: Request) -> Response:
         if moved is not None:
             if job.status is JobStatus.QUEUED:
                 await gw.stores.ledger.release(job.hold_id)
-            await gw.jobs.touch()  # a running one is stopped and settled by the scheduler
+            await gw.scheduling.touch()  # a running one is stopped and settled by the scheduler
             job = moved
             break
         job = await _own(gw, caller.startup_id, job.id)

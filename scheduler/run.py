@@ -41,10 +41,10 @@ def build(settings: SchedulerSettings, stores: Stores, *, token: str | None, clo
     """A scheduler over these stores and the settings' Ray cluster (not yet running)."""
     instance = instance_name()
     ray = RayJobs(settings.ray_dashboard, token, timeout_s=settings.ray_timeout_s)
-    return Scheduler(jobs=stores.jobs, state=stores.jobs, ledger=stores.ledger, catalog=stores.catalog,
+    return Scheduler(jobs=stores.jobs, state=stores.scheduling, ledger=stores.ledger, catalog=stores.catalog,
                      cluster=RayCluster(ray),
                      config=config_of(settings), clock=clock, instance=instance, metrics=SchedulerMetrics(instance),
-                     deployments=stores.jobs, launch=WorkerLaunch(python=sys.executable, env=worker_env))
+                     deployments=stores.deployments, launch=WorkerLaunch(python=sys.executable, env=worker_env))
 
 
 def worker_env(settings: SchedulerSettings) -> dict[str, str]:

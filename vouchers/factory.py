@@ -18,9 +18,10 @@ from typing import Any
 from vouchers.answers import AnswerCache
 from vouchers.catalog import Catalog
 from vouchers.clock import Clock, SystemClock
+from vouchers.deployments import DeploymentStore
 from vouchers.directory import Directory
 from vouchers.events import EventFeed
-from vouchers.jobs import JobRecords
+from vouchers.jobs import JobStore, SchedulerState
 from vouchers.journal import Journal
 from vouchers.ledger import Ledger
 from vouchers.rates import RateLimiter
@@ -43,7 +44,9 @@ class Stores:
     rates: RateLimiter
     answers: AnswerCache
     registry: Registry
-    jobs: JobRecords  # the scheduler's: jobs, its shared state, deployments
+    jobs: JobStore  # GPU job records
+    scheduling: SchedulerState  # what the scheduler shares: its lease, fair share, capacity, estimates
+    deployments: DeploymentStore
     events: EventFeed
     _close: Callable[[], Awaitable[None]]
 
@@ -96,7 +99,9 @@ async def _open_sqlite(path: Path, clock: Clock) -> Stores:
         rates=SqliteRates(runner, clock),
         answers=SqliteAnswers(runner, clock),
         registry=SqliteRegistry(runner, clock),
-        jobs=SqliteJobs(runner, clock),
+        jobs=(jobs := SqliteJobs(runner, clock)),
+        scheduling=jobs,
+        deployments=jobs,
         events=Unheard(),
         _close=runner.close,
     )
@@ -152,6 +157,8 @@ async def _open_redis(url: str, clock: Clock, namespace: str, pool_size: int) ->
         answers=RedisAnswers(client, keys, clock, scripts),
         registry=RedisRegistry(client, keys, clock, scripts),
         jobs=jobs,
+        scheduling=jobs,
+        deployments=jobs,
         events=events,
         _close=close,
     )

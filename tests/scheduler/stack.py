@@ -78,10 +78,10 @@ class Stack:
 
     def start_scheduler(self, instance: str, config: SchedulerConfig | None = None) -> Scheduler:
         config = config or scheduler_config()
-        scheduler = Scheduler(jobs=self.stores.jobs, state=self.stores.jobs, ledger=self.stores.ledger,
-                              catalog=self.stores.catalog, cluster=RayCluster(self.ray),
-                              config=config, clock=SystemClock(), instance=instance, deployments=self.stores.jobs,
-                              launch=WorkerLaunch())
+        s = self.stores
+        scheduler = Scheduler(jobs=s.jobs, state=s.scheduling, ledger=s.ledger, catalog=s.catalog,
+                              cluster=RayCluster(self.ray), config=config, clock=SystemClock(), instance=instance,
+                              deployments=s.deployments, launch=WorkerLaunch())
         self.schedulers[instance] = (scheduler, asyncio.create_task(scheduler.run()))
         return scheduler
 
