@@ -11,6 +11,8 @@ Sections (each a function of the parsed arguments returning its figures and its 
   queue kept in a `Backlog` between passes); `list` is a cold pass from an unsorted list (it sorts the
   queue first), as after a leader takeover. Also the cost of keeping the backlog (add, discard) and of
   `forecast.estimate`.
+- `submit`: `POST /v1/jobs` -> the job RUNNING in Ray, through the gateway and the scheduler, against Ray's
+  own `submit_job` -> RUNNING, interleaved on one Ray head (`benchmarks/_submit.py`).
 - `trace`: one seeded synthetic trace (mixed sizes 1-8 GPUs, 10 min to 4 h limits, runs of 20-100% of
   the limit, 24 startups with skewed demand, offered load above capacity) through shuqi's policy and
   strict FIFO in the same run, and an equal-demand experiment (startups with identical jobs, each
@@ -213,9 +215,19 @@ def trace_section(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def submit_section(args: argparse.Namespace) -> dict[str, Any]:
+    """POST /v1/jobs -> RUNNING in Ray through shuqi, against Ray's own submit_job -> RUNNING (same head)."""
+    from benchmarks._submit import submit_to_running
+
+    result = submit_to_running(args.submit_runs)
+    result["targets"] = [_check("shuqi / Ray submit -> RUNNING, ratio of medians", result["ratio_of_medians"], 1.2)]
+    return result
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "pass": pass_section,
     "trace": trace_section,
+    "submit": submit_section,
 }
 
 
@@ -230,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--trace-jobs", type=int, default=3000)
     parser.add_argument("--equal-jobs", type=int, default=200, help="jobs per startup in the equal-demand runs")
+    parser.add_argument("--submit-runs", type=int, default=10, help="interleaved submits each way (section submit)")
     args = parser.parse_args(argv)
     report_: dict[str, Any] = {
         "meta": {

@@ -20,7 +20,8 @@ class SchedulerConfig:
     cover_check_s: float = 5.0  # how often queued and running jobs' vouchers are checked for void/expiry
     submit_grace_s: float = 60.0  # a RUNNING job Ray does not know is submitted again within this
     log_tail_bytes: int = 1024 * 1024  # the tail of a job's logs kept in the store
-    estimate_limit: int = 1000  # queued jobs given an estimated start
+    estimate_limit: int = 200  # queued jobs given an estimated start (the rest get their position)
+    estimate_s: float = 5.0  # estimates are refreshed this often, and whenever jobs start
     log_copy_s: float = 2.0  # how often a running job's log tail is copied to the store
     recover_limit: int = 1000  # ended jobs a new leader checks for a hold left open
 

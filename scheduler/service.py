@@ -24,6 +24,7 @@ from io import BytesIO
 from pathlib import Path
 
 from scheduler import forecast, policy
+from scheduler.backlog import Backlog
 from scheduler.charging import Charger
 from scheduler.config import SchedulerConfig
 from scheduler.deployments import Deployer, WorkerLaunch
@@ -83,7 +84,9 @@ class Scheduler:
         self._was_running: set[str] = set()
         self._cover_checked_at = float("-inf")
         self._logs_copied: dict[str, float] = {}
-        self._head: str | None = None  # the job backfill protects, kept across passes until it starts
+        self._head: str | None = None
+        self._backlog = Backlog()  # the QUEUED jobs, kept in fair-share groups between passes
+        self._estimated_at = float("-inf")  # the job backfill protects, kept across passes until it starts
         self.passes = 0
 
     async def run(self) -> None:
@@ -106,6 +109,7 @@ class Scheduler:
             log.info("scheduler %s leads", self.instance)
             self.leaderships += 1
             self._was_running = set()  # what a previous leader was running is found again in the store
+            self._backlog = Backlog()
             try:
                 await self._recover()
             except Exception:
@@ -191,7 +195,7 @@ class Scheduler:
         """Jobs that left RUNNING without this scheduler (a cancel): stop them in Ray and settle their time."""
         suspects = set(self._was_running) - running_ids
         suspects |= {jid for jid, s in seen.items()
-                     if jid.startswith("job-") and s.status in ("PENDING", "RUNNING") and jid not in running_ids}
+                     if jid.startswith("job_") and s.status in ("PENDING", "RUNNING") and jid not in running_ids}
         for job_id in suspects:
             job = await self._jobs.get(job_id)
             if job is None or not job.status.is_terminal():
@@ -233,29 +237,41 @@ class Scheduler:
     async def _start_and_estimate(self, queued: list[Job], running: list[Job], nodes: list[NodeInfo],
                                   seen: dict[str, Seen], now: float, report: PassReport) -> None:
         caps = await self._caps({j.startup_id for j in queued})
-        pending = [_pending(j) for j in queued]
+        self._sync_backlog(queued)
         reservations = [_reservation(j, seen.get(j.id)) for j in running]
         cluster = [policy.Node(n.node_id, n.gpu_type, n.gpus, n.alive) for n in nodes]
         if self.deployer is not None:
             reservations += await self.deployer.tend(seen, cluster, reservations, now)
         usage = await self.charger.usage(now)
         weights = {t: w / 1000 for t, w in self._config.gpu_weights.items()}
-        plan = policy.plan(pending, reservations, cluster, usage, now, max_gpus=caps, weights=weights,
+        plan = policy.plan(self._backlog, reservations, cluster, usage, now, max_gpus=caps, weights=weights,
                            keep_head=self._head)
-        self._head = plan.head
+        # Only a head some node can hold keeps its place: one that can never start protects nothing.
+        self._head = plan.head if plan.head_start_at is not None else None
         by_id = {j.id: j for j in queued}
         gpu_type = {n.node_id: n.gpu_type for n in nodes}
         for start in plan.starts:
             job = by_id[start.job_id]
+            self._backlog.discard(job.id)
             started = await self._start(job, start.node_id, gpu_type[start.node_id], now)
             if started is not None:
                 report.started.append(job.id)
                 reservations.append(_reservation(started, None))
-        left = [p for p in pending if p.id not in set(report.started)]
-        estimates = forecast.estimate(left, reservations, cluster, usage, now, max_gpus=caps, weights=weights,
-                                      limit=self._config.estimate_limit, half_life_s=self._config.half_life_s,
-                                      keep_head=self._head if self._head not in report.started else None)
-        await self._state.set_estimates({jid: Estimate(e.position, e.start_at) for jid, e in estimates.items()})
+        if report.started or now - self._estimated_at >= self._config.estimate_s:
+            self._estimated_at = now
+            estimates = forecast.estimate(self._backlog, reservations, cluster, usage, now, max_gpus=caps,
+                                          weights=weights, limit=self._config.estimate_limit,
+                                          half_life_s=self._config.half_life_s, keep_head=self._head)
+            await self._state.set_estimates({jid: Estimate(e.position, e.start_at) for jid, e in estimates.items()})
+
+    def _sync_backlog(self, queued: list[Job]) -> None:
+        """Keep the in-memory queue equal to the store's QUEUED jobs (new ones added, gone ones dropped)."""
+        ids = {j.id for j in queued}
+        for job_id in [p.id for p in self._backlog if p.id not in ids]:
+            self._backlog.discard(job_id)
+        for job in queued:
+            if job.id not in self._backlog:
+                self._backlog.add(_pending(job))
 
     async def _caps(self, startups: set[str]) -> dict[str, int | None]:
         caps: dict[str, int | None] = {}
