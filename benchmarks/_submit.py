@@ -17,8 +17,7 @@ from typing import Any
 
 import httpx
 import uvicorn
-
-from benchmarks._ray_submit import ray_submit_to_running, summary
+from _ray_submit import ray_submit_to_running, summary
 
 _ADMIN = "bench-admin-token"
 _ENTRYPOINT = "python -c 'import time; time.sleep(120)'"
@@ -35,7 +34,7 @@ async def _shuqi_once(client: httpx.AsyncClient, ray: Any, poll_s: float) -> flo
         await asyncio.sleep(poll_s)
     elapsed = time.perf_counter() - start
     (await client.post(f"/v1/jobs/{job_id}/cancel")).raise_for_status()
-    while (job := await ray.get(job_id)) is not None and not job.status.is_terminal():
+    while (job := await ray.get(job_id)) is not None and not job.status.is_terminal():  # noqa: ASYNC110 (polling Ray)
         await asyncio.sleep(poll_s)
     return elapsed
 
@@ -70,7 +69,7 @@ async def _run(runs: int, data_dir: Path, cluster: Any) -> dict[str, Any]:
     scheduling = asyncio.create_task(scheduler.run())
     ray = RayJobs(cluster.dashboard_url, cluster.token)
     try:
-        while not server.started:
+        while not server.started:  # noqa: ASYNC110 (uvicorn offers no event)
             await asyncio.sleep(0.05)
         key = await _onboard(f"http://127.0.0.1:{port}")
         shuqi: list[float] = []

@@ -217,7 +217,13 @@ def trace_section(args: argparse.Namespace) -> dict[str, Any]:
 
 def submit_section(args: argparse.Namespace) -> dict[str, Any]:
     """POST /v1/jobs -> RUNNING in Ray through shuqi, against Ray's own submit_job -> RUNNING (same head)."""
-    from benchmarks._submit import submit_to_running
+    # The packages first: this directory also holds gateway.py and scheduler.py, which must not shadow them.
+    import gateway.app  # noqa: F401
+    import gateway.server  # noqa: F401
+    import scheduler.run  # noqa: F401
+
+    sys.path.append(str(Path(__file__).resolve().parent))
+    from _submit import submit_to_running
 
     result = submit_to_running(args.submit_runs)
     result["targets"] = [_check("shuqi / Ray submit -> RUNNING, ratio of medians", result["ratio_of_medians"], 1.2)]
