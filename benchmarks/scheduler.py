@@ -218,7 +218,7 @@ def trace_section(args: argparse.Namespace) -> dict[str, Any]:
 def submit_section(args: argparse.Namespace) -> dict[str, Any]:
     """POST /v1/jobs -> RUNNING in Ray through shuqi, against Ray's own submit_job -> RUNNING (same head)."""
     # The packages first: this directory also holds gateway.py and scheduler.py, which must not shadow them.
-    import gateway.app  # noqa: F401
+    import gateway.app
     import gateway.server  # noqa: F401
     import scheduler.run  # noqa: F401
 
