@@ -8,8 +8,9 @@ from shuqi import client_cli, config_cli, job_cli, service_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="shuqi: vouchers for shared models and GPUs")
 service_cli.register(app)
-client_cli.register(app)
+admin = client_cli.register(app)
 job_cli.register(app)
+job_cli.register_admin(admin)
 config_cli.register(app)
 
 

@@ -164,8 +164,8 @@ def limits_set(startup_id: str = typer.Argument(...), rpm: int | None = typer.Op
                f"max_queued_jobs {lim['max_queued_jobs']}")
 
 
-def register(app: typer.Typer) -> None:
-    """Add the client commands to the root app."""
+def register(app: typer.Typer) -> typer.Typer:
+    """Add the client commands to the root app; the `admin` group, for other modules' admin commands."""
     app.command("balance")(balance)
     app.command("usage")(usage)
     admin = typer.Typer(no_args_is_help=True, help="admin commands (SHUQI_ADMIN_TOKEN)")
@@ -187,3 +187,4 @@ def register(app: typer.Typer) -> None:
     admin.add_typer(limits, name="limits")
     admin.command("balance")(admin_balance)
     app.add_typer(admin, name="admin")
+    return admin

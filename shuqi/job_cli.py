@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from shuqi.client_cli import api_key, base_url, call
+from shuqi.client_cli import admin_token, api_key, base_url, call
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
 _SKIP_DIRS = {".git", "__pycache__", ".venv", ".mypy_cache", ".pytest_cache", "node_modules"}
@@ -171,3 +171,48 @@ def register(app: typer.Typer) -> None:
     job.command("logs")(logs)
     job.command("cancel")(cancel)
     app.add_typer(job, name="job")
+
+
+def deploy_create(
+    name: str = typer.Argument(..., help="the model name clients will ask for"),
+    engine: str = typer.Option("llamacpp", "--engine", help="llamacpp or vllm"),
+    model: str = typer.Option(..., "--model", help="a path, a Hugging Face name, or bundled:smollm2"),
+    gpus: int = typer.Option(1, "--gpus", help="GPUs per replica"),
+    replicas: int = typer.Option(1, "--replicas"),
+    owner: str = typer.Option("shared", "--owner", help="shared, or the startup whose compute vouchers pay"),
+    gpu_type: str | None = typer.Option(None, "--gpu-type"),
+) -> None:
+    """Place a model deployment on GPU nodes through the scheduler."""
+    body: dict[str, Any] = {"name": name, "engine": engine, "model": model, "gpus": gpus, "replicas": replicas,
+                            "owner": owner}
+    if gpu_type:
+        body["gpu_type"] = gpu_type
+    d = call("POST", "/admin/v1/deployments", admin_token(), body=body)
+    typer.echo(f"{d['id']}  {d['state']}  {d['name']}  {d['replicas']} x {d['gpus']} GPU  owner {d['owner']}")
+
+
+def deploy_list(as_json: bool = typer.Option(False, "--json", help="print the JSON answer")) -> None:
+    """Deployments, with their state and where their replicas run."""
+    data = call("GET", "/admin/v1/deployments", admin_token())["data"]
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(f"{'ID':<22} {'NAME':<20} {'STATE':<8} {'REPLICAS':>8} {'OWNER':<12} GPU-H  REASON")
+    for d in data:
+        typer.echo(f"{d['id']:<22} {d['name'][:20]:<20} {d['state']:<8} {d['replicas']:>8} {d['owner'][:12]:<12} "
+                   f"{d['charged_gpu_hours']}  {d['reason'] or ''}".rstrip())
+
+
+def deploy_delete(deployment_id: str = typer.Argument(...)) -> None:
+    """Stop a deployment: its replicas stop and a private one's GPU time is settled."""
+    d = call("DELETE", f"/admin/v1/deployments/{deployment_id}", admin_token())
+    typer.echo(f"{d['id']}  {d['state']}{'  (stopping)' if d['stop_requested'] and d['state'] != 'STOPPED' else ''}")
+
+
+def register_admin(admin: typer.Typer) -> None:
+    """Add `shuqi admin deploy ...` to the admin commands."""
+    deploy = typer.Typer(no_args_is_help=True, help="model deployments placed by the scheduler")
+    deploy.command("create")(deploy_create)
+    deploy.command("list")(deploy_list)
+    deploy.command("delete")(deploy_delete)
+    admin.add_typer(deploy, name="deploy")

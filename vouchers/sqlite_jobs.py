@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Collection, Mapping, Sequence
 
@@ -34,6 +35,9 @@ class SqliteJobs:
         self._run = runner.run
         self._clock = clock
         self._seen = -1
+        # A change made through this object (the gateway and scheduler of one process share it) wakes a
+        # waiter at once; one made by another process is found by polling the file's counter.
+        self._changed = asyncio.Event()
 
     async def create(self, job: Job, *, archive: bytes | None = None, max_queued: int | None = None) -> Job:
         def op(conn: sqlite3.Connection) -> Job:
@@ -59,7 +63,9 @@ class SqliteJobs:
             _bump(conn)
             return job
 
-        return await self._run(op, write=True)
+        created = await self._run(op, write=True)
+        self._changed.set()
+        return created
 
     async def get(self, job_id: str) -> Job | None:
         def op(conn: sqlite3.Connection) -> Job | None:
@@ -179,10 +185,15 @@ class SqliteJobs:
 
     async def touch(self) -> None:
         await self._run(_bump, write=True)
+        self._changed.set()
 
     async def wait_changed(self, timeout_s: float) -> bool:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
+            if self._changed.is_set():
+                self._changed.clear()
+                self._seen = await self._run(_counter, write=False)
+                return True
             counter = await self._run(_counter, write=False)
             if self._seen >= 0 and counter != self._seen:
                 self._seen = counter
@@ -191,7 +202,8 @@ class SqliteJobs:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 return False
-            await asyncio.sleep(min(_POLL_S, left))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(_POLL_S, left))
 
     async def set_capacity(self, nodes: Sequence[NodeInfo]) -> None:
         data = encode_nodes(nodes)

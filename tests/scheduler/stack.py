@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -39,6 +40,7 @@ class Stack:
     ray: RayJobs
     schedulers: dict[str, tuple[Scheduler, asyncio.Task[None]]] = field(default_factory=dict)
     clients: list[httpx.AsyncClient] = field(default_factory=list)
+    worker_env: dict[str, str] = field(default_factory=dict)
 
     def founder(self, key: str) -> httpx.AsyncClient:
         client = httpx.AsyncClient(base_url=self.url, headers={"authorization": f"Bearer {key}"}, timeout=30)
@@ -81,7 +83,8 @@ class Stack:
         s = self.stores
         scheduler = Scheduler(jobs=s.jobs, state=s.scheduling, ledger=s.ledger, catalog=s.catalog,
                               cluster=RayCluster(self.ray), config=config, clock=SystemClock(), instance=instance,
-                              deployments=s.deployments, launch=WorkerLaunch())
+                              deployments=s.deployments,
+                              launch=WorkerLaunch(python=sys.executable, env=self.worker_env, hold_window_s=60))
         self.schedulers[instance] = (scheduler, asyncio.create_task(scheduler.run()))
         return scheduler
 
@@ -109,7 +112,9 @@ async def running_stack(store_url: str, data_dir: Path, namespace: str, dashboar
     clock = SystemClock()
     stores = await open_stores(store_url, data_dir=data_dir, clock=clock, namespace=namespace)
     admin = httpx.AsyncClient(base_url=server.url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
-    stack = Stack(server.url, store_url, namespace, admin, stores, RayJobs(dashboard_url, token))
+    stack = Stack(server.url, store_url, namespace, admin, stores, RayJobs(dashboard_url, token),
+                  worker_env={"SHUQI_STORE": settings.store_url(), "SHUQI_DATA_DIR": str(data_dir),
+                              "SHUQI_NAMESPACE": namespace})
     stack.start_scheduler("s1")
     try:
         yield stack
@@ -119,6 +124,10 @@ async def running_stack(store_url: str, data_dir: Path, namespace: str, dashboar
         for job in await stack.stores.jobs.list_jobs(limit=1000):
             with contextlib.suppress(Exception):
                 await stack.ray.stop(job.id)
+        for d in await stack.stores.deployments.list_deployments():
+            for i in range(d.replicas):
+                with contextlib.suppress(Exception):
+                    await stack.ray.stop(f"{d.id}-r{i}")
         for client in stack.clients:
             await client.aclose()
         await admin.aclose()
