@@ -16,3 +16,7 @@ config_cli.register(app)
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -47,7 +47,12 @@ async def test_a_private_deployment_serves_its_owner_and_burns_its_compute_vouch
         models = (await acme.get("/v1/models")).json()["data"]
         return any(m["id"] == "acme-smol" and m["healthy_replicas"] for m in models)
 
-    await _until(serving)
+    try:
+        await _until(serving)
+    except AssertionError:
+        d = (await stack.admin.get(f"/admin/v1/deployments/{dep['id']}")).json()
+        logs = await stack.ray.logs(f"{dep['id']}-r0")
+        raise AssertionError(f"deployment never served: {d}\n{logs[-3000:]}") from None
     placed = (await stack.admin.get(f"/admin/v1/deployments/{dep['id']}")).json()
     assert placed["state"] == "RUNNING" and len(placed["replica_nodes"]) == 1
     answer = await acme.post("/v1/chat/completions", json={
