@@ -72,10 +72,13 @@ class _Pipe(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = hiredis.Reader(encoding="utf-8", replyError=ResponseError)
         self._waiting: deque[asyncio.Future[Any]] = deque()
+        # True once AUTH and SELECT have answered. Before that the socket is open but a command sent on it
+        # would run as the wrong user or in database 0 (seen: keys not found, 401s, with a /N database).
+        self._ready = False
 
     @property
     def connected(self) -> bool:
-        return self._transport is not None and not self._transport.is_closing()
+        return self._ready and self._transport is not None and not self._transport.is_closing()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -123,6 +126,7 @@ class _Pipe(asyncio.Protocol):
             if isinstance(reply, ResponseError):
                 self.close()
                 raise reply
+        self._ready = True
 
     def send(self, commands: list[list[str]], futures: list[asyncio.Future[Any]]) -> None:
         """Write the commands at once; each future gets its command's reply (errors as exception values)."""
