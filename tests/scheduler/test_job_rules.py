@@ -18,7 +18,9 @@ def _check(**kw: object) -> int:
 
 def test_weights_parse_with_the_default_type_weighing_one() -> None:
     assert WEIGHTS == {"default": 1000, "a100": 2000, "t4": 500}
-    for bad in ("a100", "a100=x", "a100=0", "=2", "a100=1.0001"):
+    assert parse_weights("default=0.5, a100=2.25") == {"default": 500, "a100": 2250}
+    for bad in ("a100", "a100=x", "a100=0", "=2", "a100=1.0001", "a100=-1", "a100=0.0005", "a100=NaN",
+                "a100=Infinity"):
         with pytest.raises(ValueError):
             parse_weights(bad)
 
